@@ -1,0 +1,32 @@
+# Two commands on a fresh machine (Python 3.11 + Java 17):
+#   make demo   set up .venv, build the digits sample, run the pipeline, print a summary
+#   make test   set up .venv, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -e ".[all]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+demo: install
+	test -d data/demo/digits || $(BIN)/featurize sample-data digits data/demo/digits
+	$(BIN)/featurize run --engine local --spec deploy/specs/demo.yaml --output out/demo/local --overwrite
+	@echo "output under out/demo/ (read it with: $(BIN)/featurize inspect out/demo/local)"
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python benchmarks/bench_kernel.py
+
+clean:
+	rm -rf out data .pytest_cache

@@ -1,0 +1,127 @@
+"""``featurize``: the command line (CONTRACT.md, "Command line").
+
+    featurize sample-data digits data/digits
+    featurize run --engine local --spec spec.yaml --input data/digits --output out/digits
+    featurize inspect out/digits
+
+Exit codes: 0 done; 2 the user's mistake (spec, arguments, input, output);
+3 failed by policy (error budget); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from featurelib.errors import PolicyError, UserError
+
+EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep its message short and ours
+        self.print_usage(sys.stderr)
+        print(f"featurize: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="featurize", description="Distributed image preprocessing and feature extraction.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a spec on an engine",
+                         description="Run a spec. Flags not listed here go to the engine "
+                                     "(local: --workers; beam: any Beam flag; spark: --master, --conf k=v).")
+    run.add_argument("--spec", required=True, help="YAML spec file")
+    run.add_argument("--input", help="overrides input.path")
+    run.add_argument("--output", help="overrides output.path")
+    run.add_argument("--shards", type=int, help="overrides output.shards")
+    run.add_argument("--engine", choices=("local", "beam", "spark"), default="beam")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
+    mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
+
+    sample = sub.add_parser("sample-data", help="write a real labelled sample image set")
+    sample.add_argument("name", choices=("digits", "textures", "photos"))
+    sample.add_argument("dir")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--scale", type=int, default=1, help="repeat the set this many times (benchmarks)")
+
+    inspect = sub.add_parser("inspect", help="describe a committed output")
+    inspect.add_argument("output")
+    inspect.add_argument("--json", action="store_true", help="print the whole manifest")
+    return parser
+
+
+def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
+    from featurelib.driver import execute, format_summary
+    from featurelib.engines import get_engine
+    from featurelib.spec import RunSpec
+
+    spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards)
+    spec.require_paths()
+    engine = get_engine(args.engine, engine_argv)
+    report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
+    print(format_summary(report.manifest, spec.output.path, report.seconds))
+    return EXIT_OK
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from featurelib.sample_data import make_sample
+
+    try:
+        summary = make_sample(args.name, args.dir, seed=args.seed, scale=args.scale)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {summary.n_images} images in {summary.n_classes} classes ({summary.bytes} bytes) to {args.dir}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from featurelib.driver import format_summary
+    from featurelib.io.readers import load_manifest
+
+    manifest = load_manifest(args.output)
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(format_summary(manifest, os.path.abspath(args.output)))
+    print("schema")
+    for field in manifest["schema"]:
+        print(f"  {field['name']:<16}{field['type']}")
+    print("files")
+    for info in manifest["files"]:
+        print(f"  {info['path']:<40}{info['kind']:<11}rows={info['rows']:<7}bytes={info['bytes']}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = _parser().parse_known_args(argv)
+    if extra and args.command != "run":
+        print(f"featurize: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return EXIT_USER
+    try:
+        if args.command == "run":
+            return _run(args, extra)
+        if args.command == "sample-data":
+            return _sample(args)
+        return _inspect(args)
+    except UserError as exc:
+        print(f"featurize: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except PolicyError as exc:
+        print(f"featurize: failed by policy: {exc}", file=sys.stderr)
+        return EXIT_POLICY
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    except Exception as exc:
+        print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Writers and readers of the output layout (CONTRACT.md, "Output")."""

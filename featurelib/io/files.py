@@ -1,0 +1,58 @@
+"""File names of the output layout, file hashes, and write-then-rename."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import uuid
+from typing import Any
+
+MANIFEST = "_manifest.json"
+FAILED = "_FAILED.json"
+FEATURES_H5 = "hdf5/features.h5"
+TMP_MARK = ".tmp-"
+
+#: (kind, folder, extension) of every per-shard file, in the order a task renames them.
+#: The rejects file goes last: its presence under its final name means the shard is complete.
+SHARD_FILES = {"parquet": ("parquet", "parquet"), "hdf5": ("hdf5", "h5"), "rejects": ("rejects", "parquet")}
+
+
+def shard_relpath(kind: str, shard: int, n_shards: int) -> str:
+    """``{folder}/part-{shard:05d}-of-{n_shards:05d}.{ext}``: the same task always gets the same name."""
+    folder, ext = SHARD_FILES[kind]
+    return f"{folder}/part-{shard:05d}-of-{n_shards:05d}.{ext}"
+
+
+def temp_path(path: str) -> str:
+    """A unique sibling name: a retry or a speculative copy never meets a half-written file."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}{TMP_MARK}{uuid.uuid4().hex}")
+
+
+def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """One file of the output, as listed in the manifest."""
+
+    path: str  # relative to the output root, '/' separators
+    kind: str
+    shard: int | None
+    rows: int
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, root: str, relpath: str, *, kind: str, shard: int | None, rows: int) -> FileInfo:
+        full = os.path.join(root, relpath)
+        return cls(relpath, kind, shard, rows, os.path.getsize(full), file_sha256(full))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

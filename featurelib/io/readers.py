@@ -1,0 +1,129 @@
+"""Readers of a committed output: only the files its manifest lists, checked.
+
+Training jobs and tests read through here: :func:`load_manifest` refuses an
+output without ``_manifest.json`` (an incomplete run), :func:`read_parquet`
+and :func:`read_hdf5` return features as NumPy arrays, and both refuse to mix
+shards with different feature fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from featurelib.errors import SchemaError, UserError
+from featurelib.io import files as layout
+
+
+def load_manifest(root: str) -> dict[str, Any]:
+    """The manifest of a committed output.
+
+    Raises
+    ------
+    UserError
+        If `root` holds no ``_manifest.json`` (not an output, or a run that did
+        not complete: see ``_FAILED.json``).
+    """
+    path = os.path.join(root, layout.MANIFEST)
+    if not os.path.exists(path):
+        failed = os.path.join(root, layout.FAILED)
+        hint = f"; the last run failed, see {failed}" if os.path.exists(failed) else ""
+        raise UserError(f"{root!r} is not a committed featurelib output (no {layout.MANIFEST}){hint}")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_shard_keys(path: str) -> dict[str, list]:
+    """``key``, ``source_key`` and ``aug_index`` of one Parquet or HDF5 shard."""
+    if not os.path.exists(path):
+        raise SchemaError(f"shard file {path!r} is missing")
+    if path.endswith(".parquet"):
+        table = pq.read_table(path, columns=["key", "source_key", "aug_index"])
+        return {name: table.column(name).to_pylist() for name in ("key", "source_key", "aug_index")}
+    import h5py
+
+    with h5py.File(path, "r") as shard:
+        keys = list(shard["keys"].asstr()[:])
+        aug = [int(a) for a in shard["aug_index"][:]]
+    sources = [k if a == 0 else k[: -len(f"#aug{a}")] for k, a in zip(keys, aug)]
+    return {"key": keys, "source_key": sources, "aug_index": aug}
+
+
+def read_rejects(path: str) -> list[dict[str, str]]:
+    """Rows of one reject file."""
+    if not os.path.exists(path):
+        raise SchemaError(f"reject file {path!r} is missing")
+    return pq.read_table(path).to_pylist()
+
+
+def _listed(manifest: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return sorted((f for f in manifest["files"] if f["kind"] == kind), key=lambda f: f["shard"])
+
+
+def read_parquet(root: str, *, columns: list[str] | None = None) -> dict[str, Any]:
+    """Features, labels, keys and splits of a committed output, from its Parquet shards.
+
+    Returns
+    -------
+    dict with ``features`` {column: (N, D_c) float32}, ``labels`` (N,) int32,
+    ``keys`` list of str, ``split`` list of str, ``label_names`` list of str,
+    ``feature_fingerprint`` str.
+    """
+    import pyarrow as pa
+
+    manifest = load_manifest(root)
+    names = columns or [c["name"] for c in manifest["columns"]]
+    tables = []
+    for info in _listed(manifest, "parquet"):
+        table = pq.read_table(os.path.join(root, info["path"]))
+        fingerprint = table.schema.metadata[b"featurelib.feature_fingerprint"].decode()
+        if fingerprint != manifest["feature_fingerprint"]:
+            raise SchemaError(f"{info['path']} has feature_fingerprint {fingerprint}, the manifest "
+                              f"{manifest['feature_fingerprint']}: refusing to mix features")
+        tables.append(table.replace_schema_metadata(None))
+    table = pa.concat_tables(tables)
+    features = {}
+    for name in names:
+        column = table.column(name).combine_chunks()
+        dim = column.type.list_size
+        features[name] = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return {
+        "features": features,
+        "labels": table.column("label").to_numpy().astype(np.int32),
+        "keys": table.column("key").to_pylist(),
+        "split": table.column("split").to_pylist(),
+        "label_names": manifest["label_names"],
+        "feature_fingerprint": manifest["feature_fingerprint"],
+    }
+
+
+def read_hdf5(root: str) -> dict[str, Any]:
+    """The same as :func:`read_parquet`, from ``hdf5/features.h5`` (features as one (N, D) matrix).
+
+    Every shard the virtual datasets point at is checked to exist first: HDF5
+    would silently return fill values for a missing one.
+    """
+    import h5py
+
+    manifest = load_manifest(root)
+    for info in _listed(manifest, "hdf5"):
+        if not os.path.exists(os.path.join(root, info["path"])):
+            raise SchemaError(f"HDF5 shard {info['path']} listed in the manifest is missing")
+    # Open by path, never through a Python file object (h5py crashes reading VDS that way).
+    with h5py.File(os.path.join(root, layout.FEATURES_H5), "r") as h5:
+        fingerprint = h5.attrs["feature_fingerprint"]
+        if fingerprint != manifest["feature_fingerprint"]:
+            raise SchemaError("features.h5 does not match the manifest's feature_fingerprint")
+        return {
+            "features": h5["features"][:],
+            "columns": json.loads(h5.attrs["columns"]),
+            "labels": h5["labels"][:],
+            "keys": list(h5["keys"].asstr()[:]),
+            "split": list(h5["split"].asstr()[:]),
+            "label_names": list(h5["label_names"].asstr()[:]),
+            "feature_fingerprint": fingerprint,
+        }

@@ -1,0 +1,119 @@
+"""The output schema, derived from the spec and the extractor registry alone.
+
+Parquet: identity columns, then one ``fixed_size_list<float32>[D]`` per feature
+column, then ``pixels`` (``fixed_size_list<uint8>[H*W*3]``) when requested.
+HDF5: all feature columns side by side in one ``features`` (N, D) matrix, with
+a ``columns`` attribute giving each column's ``[start, stop)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from featurelib.spec import RunSpec, canonical_json
+
+FORMAT_VERSION = 1
+
+IDENTITY_FIELDS = (
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("aug_index", pa.int16(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("label", pa.int32(), nullable=False),
+    pa.field("label_name", pa.string()),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("orig_height", pa.int32(), nullable=False),
+    pa.field("orig_width", pa.int32(), nullable=False),
+    pa.field("orig_format", pa.string(), nullable=False),
+)
+
+REJECT_SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("source_key", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One feature column: its extractor identity and declared length."""
+
+    name: str
+    extractor: str
+    version: int
+    params: dict[str, Any]
+    dim: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "extractor": self.extractor, "version": self.version,
+                "params": self.params, "dim": self.dim}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSchema:
+    """Everything a writer or reader needs to know about the columns of a run."""
+
+    columns: tuple[Column, ...]
+    image_size: tuple[int, int]
+    pixels: bool
+    spec_json: str
+    feature_fingerprint: str
+    run_fingerprint: str
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> OutputSchema:
+        columns = tuple(
+            Column(f.column, f.name, f.version, dict(f.params), dim) for f, dim in spec.feature_dims()
+        )
+        return cls(columns, tuple(spec.image.size), spec.output.pixels, spec.to_json(secrets=False),
+                   spec.feature_fingerprint(), spec.run_fingerprint())
+
+    @property
+    def total_dim(self) -> int:
+        return sum(c.dim for c in self.columns)
+
+    @property
+    def pixel_count(self) -> int:
+        return self.image_size[0] * self.image_size[1] * 3
+
+    def column_ranges(self) -> list[dict[str, Any]]:
+        """``[{name, start, stop}]``: where each column sits in the HDF5 ``features`` matrix."""
+        ranges, start = [], 0
+        for column in self.columns:
+            ranges.append({"name": column.name, "start": start, "stop": start + column.dim})
+            start += column.dim
+        return ranges
+
+    def metadata(self) -> dict[bytes, bytes]:
+        """Parquet schema metadata (CONTRACT.md): spec, fingerprints, columns."""
+        return {
+            b"featurelib.spec": self.spec_json.encode(),
+            b"featurelib.feature_fingerprint": self.feature_fingerprint.encode(),
+            b"featurelib.run_fingerprint": self.run_fingerprint.encode(),
+            b"featurelib.columns": canonical_json([c.to_json() for c in self.columns]).encode(),
+            b"featurelib.format_version": str(FORMAT_VERSION).encode(),
+        }
+
+    def arrow_schema(self) -> pa.Schema:
+        fields = list(IDENTITY_FIELDS)
+        fields += [pa.field(c.name, pa.list_(pa.float32(), c.dim), nullable=False) for c in self.columns]
+        if self.pixels:
+            fields.append(pa.field("pixels", pa.list_(pa.uint8(), self.pixel_count), nullable=False))
+        return pa.schema(fields, metadata=self.metadata())
+
+    def describe(self) -> list[dict[str, str]]:
+        """``[{name, type}]`` of the Parquet schema, for the manifest."""
+        return [{"name": f.name, "type": str(f.type)} for f in self.arrow_schema()]
+
+
+def columns_from_metadata(metadata: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The ``featurelib.columns`` entry of a Parquet file's schema metadata."""
+    return json.loads(metadata[b"featurelib.columns"])

@@ -1,0 +1,293 @@
+"""Listing inputs and reading their bytes: folders or manifests, local paths or fsspec URIs.
+
+Identity rules (CONTRACT.md, "Record identity"): the ``source_key`` of a file
+under a folder root is its path relative to the root with ``/`` separators; of
+a manifest row, its ``id`` (default: its ``uri``). Labels come from the first
+folder under the root (files directly in the root are unlabelled) or from the
+manifest's ``label`` column. Every listed input ends in the ledger: rows the
+spec cannot take become list-stage rejects here, never silent drops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from featurelib.errors import RecordError, UserError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRecord:
+    """One listed input (plain data, shipped to workers inside a shard task).
+
+    ``label`` is the index into the run's label names (-1 when unlabelled),
+    ``split`` is known here unless ``split.by: content`` (then ``None`` until the
+    bytes are read), and ``reject`` holds ``(reason, detail)`` for an input
+    already rejected at the list stage (it is still written to the ledger by
+    its shard task).
+    """
+
+    source_key: str
+    uri: str
+    label: int = -1
+    label_name: str | None = None
+    split: str | None = None
+    reject: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """Every input found, in source-key order, and the label names in index order."""
+
+    records: tuple[SourceRecord, ...]
+    label_names: tuple[str, ...]
+
+
+def is_local(path: str) -> bool:
+    """True for plain paths and ``file://`` URIs."""
+    return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def split_of(seed: int, identity: str, fractions: Mapping[str, float]) -> str:
+    """The stable split of a source: ``u = sha256(f"{seed}:{identity}")[:8] / 2**64``.
+
+    `identity` is the source key (``split.by: key``) or the sha256 hex of the
+    input bytes (``split.by: content``).
+    """
+    digest = hashlib.sha256(f"{seed}:{identity}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions["train"]:
+        return "train"
+    if u < fractions["train"] + fractions["val"]:
+        return "val"
+    return "test"
+
+
+def shard_of(source_key: str, n_shards: int) -> int:
+    """``int.from_bytes(sha256(source_key)[:8], "big") % n_shards``."""
+    digest = hashlib.sha256(source_key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n_shards
+
+
+# --- listing ----------------------------------------------------------------
+
+
+def _walk_local(root: str) -> list[tuple[str, str]]:
+    """(source_key, absolute path) of every regular file under `root`, hidden names excepted.
+
+    Symlinks are followed only when they stay inside the root; one that leaves
+    it is still listed (it will be rejected), so nothing found disappears.
+    """
+    found: list[tuple[str, str]] = []
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in filenames:
+            if _hidden(name):
+                continue
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            found.append((rel, path))
+    return found
+
+
+def _walk_fsspec(root: str, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(root, **storage_options)
+    base = base.rstrip("/")
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    found = []
+    for path in fs.find(base, withdirs=False):
+        rel = path[len(base) :].lstrip("/")
+        if any(_hidden(part) for part in rel.split("/")):
+            continue
+        found.append((rel, f"{protocol}://{path}" if protocol not in ("file", "local") else path))
+    return found
+
+
+def _label_index(names: Sequence[str], explicit: Sequence[str] | None) -> tuple[str, ...]:
+    if explicit is not None:
+        return tuple(explicit)
+    return tuple(sorted(set(names)))
+
+
+def _assign(
+    items: list[tuple[str, str, str | None, str | None, tuple[str, str] | None]],
+    *,
+    labels: Sequence[str] | None,
+    seed: int,
+    fractions: Mapping[str, float],
+    by_content: bool,
+) -> Listing:
+    """Turn (key, uri, label_name, split, reject) tuples into records with label indexes and splits."""
+    label_names = _label_index([i[2] for i in items if i[2] is not None and i[4] is None], labels)
+    index = {name: i for i, name in enumerate(label_names)}
+    records = []
+    for key, uri, label_name, split, reject in sorted(items, key=lambda i: i[0]):
+        label = -1
+        if reject is None and label_name is not None:
+            if label_name not in index:
+                reject = ("invalid_label", f"label {label_name!r} is not in the spec's labels")
+            else:
+                label = index[label_name]
+        if reject is None and split is None and not by_content:
+            split = split_of(seed, key, fractions)
+        records.append(SourceRecord(key, uri, label, label_name, split, reject))
+    return Listing(tuple(records), label_names)
+
+
+def list_folder(root: str, *, storage_options: Mapping[str, Any] | None = None,
+                labels: Sequence[str] | None = None, seed: int = 0,
+                fractions: Mapping[str, float] | None = None, by_content: bool = False) -> Listing:
+    """List a folder-per-label tree.
+
+    Raises
+    ------
+    UserError
+        If the root does not exist, is not a folder, or holds no file at all.
+    """
+    fractions = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+    if is_local(root):
+        local = _local_path(root)
+        if not os.path.isdir(local):
+            raise UserError(f"input {root!r} is not a folder (or a .csv/.parquet manifest)")
+        found = _walk_local(local)
+        real_root = os.path.realpath(local)
+    else:
+        found = _walk_fsspec(root, storage_options or {})
+        real_root = None
+    if not found:
+        raise UserError(f"input folder {root!r} holds no files")
+    items = []
+    for rel, uri in found:
+        parts = rel.split("/")
+        label_name = parts[0] if len(parts) > 1 else None
+        reject = None
+        if real_root is not None:
+            real = os.path.realpath(uri)
+            if os.path.commonpath([real, real_root]) != real_root:
+                reject = ("invalid_input", "a symbolic link that leads outside the input root")
+            elif not os.path.isfile(real):
+                reject = ("invalid_input", "not a regular file")
+        items.append((rel, uri, label_name, None, reject))
+    return _assign(items, labels=labels, seed=seed, fractions=fractions, by_content=by_content)
+
+
+def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    import fsspec
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(path, "rb", **storage_options) as handle:
+            if path.lower().endswith(".parquet"):
+                table = pq.read_table(handle)
+            else:
+                # Every column as a string: ids such as "007" must keep their zeros.
+                table = pacsv.read_csv(handle, convert_options=pacsv.ConvertOptions(
+                    column_types={c: "string" for c in ("uri", "label", "split", "id")},
+                    strings_can_be_null=True))
+    except FileNotFoundError:
+        raise UserError(f"input manifest {path!r} does not exist") from None
+    except Exception as exc:  # a malformed manifest is the user's mistake
+        raise UserError(f"cannot read input manifest {path!r}: {exc}") from None
+    if "uri" not in table.column_names:
+        raise UserError(f"input manifest {path!r} has no 'uri' column (columns: {table.column_names})")
+    unknown = sorted(set(table.column_names) - {"uri", "label", "split", "id"})
+    if unknown:
+        raise UserError(f"input manifest {path!r} has unknown column(s) {unknown}; allowed: uri, label, split, id")
+    return table.to_pylist()
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if text != "" else None
+
+
+def list_manifest(path: str, *, storage_options: Mapping[str, Any] | None = None,
+                  labels: Sequence[str] | None = None, seed: int = 0,
+                  fractions: Mapping[str, float] | None = None, by_content: bool = False) -> Listing:
+    """List the rows of a CSV or Parquet manifest (columns ``uri [, label] [, split] [, id]``).
+
+    Relative local URIs resolve against the manifest's folder. A second row
+    with an id already seen, a row without a uri, or an unknown split value is
+    a list-stage reject ``invalid_input``.
+    """
+    fractions = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+    rows = _read_manifest_table(path, storage_options or {})
+    if not rows:
+        raise UserError(f"input manifest {path!r} has no rows")
+    base = os.path.dirname(os.path.abspath(_local_path(path))) if is_local(path) else None
+    items = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        uri = _as_text(row.get("uri"))
+        key = _as_text(row.get("id")) or uri or f"<manifest row {number}>"
+        label_name = _as_text(row.get("label"))
+        split = _as_text(row.get("split"))
+        reject = None
+        if key in seen:
+            reject = ("invalid_input", f"manifest row {number} repeats id {key!r}")
+            key = f"{key}<manifest row {number}>"  # keeps the ledger's keys unique
+        elif uri is None:
+            reject = ("invalid_input", f"manifest row {number} has no uri")
+        elif split is not None and split not in SPLIT_NAMES:
+            reject = ("invalid_input", f"manifest row {number} has split {split!r}; allowed: {list(SPLIT_NAMES)}")
+        seen.add(key)
+        if uri is not None and base is not None and is_local(uri) and not os.path.isabs(_local_path(uri)):
+            uri = os.path.join(base, uri)
+        items.append((key, uri or "", label_name, split, reject))
+    return _assign(items, labels=labels, seed=seed, fractions=fractions, by_content=by_content)
+
+
+def list_inputs(path: str, *, storage_options: Mapping[str, Any] | None = None,
+                labels: Sequence[str] | None = None, seed: int = 0,
+                fractions: Mapping[str, float] | None = None, by_content: bool = False) -> Listing:
+    """List a folder root or a ``.csv`` / ``.parquet`` manifest (see module docstring)."""
+    kwargs = dict(storage_options=storage_options, labels=labels, seed=seed,
+                  fractions=fractions, by_content=by_content)
+    if path.lower().endswith((".csv", ".parquet")):
+        return list_manifest(path, **kwargs)
+    return list_folder(path, **kwargs)
+
+
+# --- reading ------------------------------------------------------------------
+
+
+def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """All bytes of one input.
+
+    Raises
+    ------
+    RecordError
+        ``missing`` if it is gone since listing, ``read_error`` on any other I/O error.
+    """
+    try:
+        if is_local(uri):
+            with open(_local_path(uri), "rb") as handle:
+                return handle.read()
+        import fsspec
+
+        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise RecordError("missing", "the file disappeared after listing") from None
+    except IsADirectoryError:
+        raise RecordError("read_error", "is a directory") from None
+    except OSError as exc:
+        raise RecordError("read_error", f"{type(exc).__name__}: {exc.strerror or exc}") from None

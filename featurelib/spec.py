@@ -1,0 +1,480 @@
+"""The run spec: parsed once, validated before any image is read, fingerprinted.
+
+A :class:`RunSpec` is frozen and travels to workers as JSON (never pickle).
+Every key of the YAML document is checked: an unknown key, an unknown
+extractor, a bad parameter, a duplicate column or an image size an extractor
+cannot take raises :class:`~featurelib.errors.SpecError` with one clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from featurelib import registry, transforms
+from featurelib.errors import SpecError
+
+SPEC_VERSION = 1
+RESIZE_MODES = ("stretch", "aspect_crop", "pad")
+INTERPOLATIONS = ("area", "linear", "cubic")
+OUTPUT_FORMATS = ("parquet", "hdf5")
+SPLITS = ("train", "val", "test")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: the input of every fingerprint."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_json(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+# --- small validation helpers (messages name the key path) -----------------
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _no_unknown(section: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise SpecError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
+def _int(value: Any, where: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SpecError(f"{where} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, where: str, *, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise SpecError(f"{where} must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise SpecError(f"{where} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+# --- sections ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """Where the inputs are: a folder (label = first folder) or a CSV/Parquet manifest."""
+
+    path: str | None = None
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any) -> InputSpec:
+        section = _mapping(raw, "input")
+        _no_unknown(section, ("path", "storage_options"), "input")
+        path = section.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise SpecError(f"input.path must be a non-empty string, got {path!r}")
+        return cls(path=path, storage_options=_mapping(section.get("storage_options"), "input.storage_options"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """The size every image is brought to, and how."""
+
+    size: tuple[int, int] = (224, 224)
+    resize: str = "stretch"
+    interpolation: str = "area"
+
+    @classmethod
+    def parse(cls, raw: Any) -> ImageSpec:
+        section = _mapping(raw, "image")
+        _no_unknown(section, ("size", "resize", "interpolation"), "image")
+        size = section.get("size", list(cls.size))
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise SpecError(f"image.size must be [height, width], got {size!r}")
+        height, width = (_int(v, "image.size", minimum=1) for v in size)
+        if height * width > 16384 * 16384:
+            raise SpecError(f"image.size {list(size)} is too large")
+        return cls(
+            size=(height, width),
+            resize=_choice(section.get("resize", cls.resize), RESIZE_MODES, "image.resize"),
+            interpolation=_choice(section.get("interpolation", cls.interpolation), INTERPOLATIONS, "image.interpolation"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """Decode policy knobs (the policy itself lives in :mod:`featurelib.decode`)."""
+
+    max_pixels: int = 89_478_485
+    background: tuple[int, int, int] = (255, 255, 255)
+    isolation: str = "none"
+    timeout_s: float = 30.0
+
+    @classmethod
+    def parse(cls, raw: Any) -> DecodeSpec:
+        section = _mapping(raw, "decode")
+        _no_unknown(section, ("max_pixels", "background", "isolation", "timeout_s"), "decode")
+        background = section.get("background", list(cls.background))
+        if (
+            not isinstance(background, (list, tuple))
+            or len(background) != 3
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255 for v in background)
+        ):
+            raise SpecError(f"decode.background must be three integers in [0, 255], got {background!r}")
+        return cls(
+            max_pixels=_int(section.get("max_pixels", cls.max_pixels), "decode.max_pixels", minimum=1),
+            background=tuple(background),
+            isolation=_choice(section.get("isolation", cls.isolation), ("none", "subprocess"), "decode.isolation"),
+            timeout_s=_number(section.get("timeout_s", cls.timeout_s), "decode.timeout_s", low=0.1, high=86400),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """Variants per source image; `ops` are validated by :mod:`featurelib.transforms`."""
+
+    copies: int = 0
+    splits: tuple[str, ...] = ("train",)
+    ops: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any) -> AugmentSpec:
+        section = _mapping(raw, "augment")
+        _no_unknown(section, ("copies", "splits", "ops"), "augment")
+        copies = _int(section.get("copies", 0), "augment.copies", minimum=0)
+        if copies > 999:
+            raise SpecError(f"augment.copies must be <= 999, got {copies}")
+        splits = section.get("splits", list(cls.splits))
+        if not isinstance(splits, (list, tuple)) or not all(s in SPLITS for s in splits):
+            raise SpecError(f"augment.splits must be a list drawn from {list(SPLITS)}, got {splits!r}")
+        raw_ops = section.get("ops", [])
+        if not isinstance(raw_ops, (list, tuple)):
+            raise SpecError(f"augment.ops must be a list, got {raw_ops!r}")
+        try:
+            ops = tuple(transforms.normalize_op(op) for op in raw_ops)
+        except ValueError as exc:
+            raise SpecError(f"augment.ops: {exc}") from None
+        if copies and not ops:
+            raise SpecError("augment.copies > 0 needs at least one op in augment.ops")
+        return cls(copies=copies, splits=tuple(splits), ops=ops)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One output column: a registry extractor with normalised parameters."""
+
+    name: str
+    params: Mapping[str, Any]
+    column: str
+    version: int
+
+    @classmethod
+    def parse(cls, raw: Any, index: int) -> FeatureSpec:
+        where = f"features[{index}]"
+        section = _mapping(raw, where)
+        _no_unknown(section, ("name", "params", "column"), where)
+        if "name" not in section:
+            raise SpecError(f"{where} needs a 'name'; known extractors: {registry.names()}")
+        definition = registry.get(section["name"])
+        params = definition.normalize_params(_mapping(section.get("params"), f"{where}.params"))
+        column = section.get("column", definition.name)
+        if not isinstance(column, str) or not column.isidentifier():
+            raise SpecError(f"{where}.column must be an identifier-like name, got {column!r}")
+        return cls(name=definition.name, params=params, column=column, version=definition.version)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this column's values comparable (part of the feature fingerprint)."""
+        return {"name": self.name, "version": self.version, "params": dict(self.params), "column": self.column}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """Fractions of the stable hash-based split."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    by: str = "key"
+
+    @classmethod
+    def parse(cls, raw: Any) -> SplitSpec:
+        section = _mapping(raw, "split")
+        _no_unknown(section, ("train", "val", "test", "by"), "split")
+        fractions = {k: _number(section.get(k, getattr(cls, k)), f"split.{k}", low=0.0, high=1.0) for k in SPLITS}
+        if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-9):
+            raise SpecError(f"split fractions must sum to 1, got {fractions}")
+        return cls(**fractions, by=_choice(section.get("by", "key"), ("key", "content"), "split.by"))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """Where and how shards are written."""
+
+    path: str | None = None
+    formats: tuple[str, ...] = ("parquet", "hdf5")
+    shards: int | None = None
+    rows_per_shard: int | None = None
+    pixels: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any) -> OutputSpec:
+        section = _mapping(raw, "output")
+        _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "pixels"), "output")
+        formats = section.get("formats", list(cls.formats))
+        if (
+            not isinstance(formats, (list, tuple))
+            or not formats
+            or any(f not in OUTPUT_FORMATS for f in formats)
+            or len(set(formats)) != len(formats)
+        ):
+            raise SpecError(f"output.formats must be a non-empty list drawn from {list(OUTPUT_FORMATS)}, got {formats!r}")
+        shards = section.get("shards")
+        rows = section.get("rows_per_shard")
+        if shards is not None and rows is not None:
+            raise SpecError("output.shards and output.rows_per_shard are exclusive; give one")
+        if shards is not None:
+            _int(shards, "output.shards", minimum=1)
+            if shards > 99999:
+                raise SpecError(f"output.shards must be <= 99999, got {shards}")
+        if rows is not None:
+            _int(rows, "output.rows_per_shard", minimum=1)
+        if shards is None and rows is None:
+            shards = 8
+        pixels = section.get("pixels", False)
+        if not isinstance(pixels, bool):
+            raise SpecError(f"output.pixels must be true or false, got {pixels!r}")
+        path = section.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise SpecError(f"output.path must be a non-empty string, got {path!r}")
+        return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, pixels=pixels)
+
+    def layout(self) -> dict[str, Any]:
+        """The layout part of the run fingerprint (not the path: an output may move)."""
+        return {"formats": list(self.formats), "shards": self.shards,
+                "rows_per_shard": self.rows_per_shard, "pixels": self.pixels}
+
+    def shard_count(self, listed: int) -> int:
+        """``shards``, or ``ceil(listed / rows_per_shard)`` (at least 1)."""
+        if self.shards is not None:
+            return self.shards
+        return max(1, math.ceil(listed / self.rows_per_shard))
+
+
+@dataclasses.dataclass(frozen=True)
+class FailuresSpec:
+    """Error budget: the run fails by policy above it."""
+
+    max_reject_fraction: float = 0.01
+
+    @classmethod
+    def parse(cls, raw: Any) -> FailuresSpec:
+        section = _mapping(raw, "failures")
+        _no_unknown(section, ("max_reject_fraction",), "failures")
+        return cls(_number(section.get("max_reject_fraction", cls.max_reject_fraction),
+                           "failures.max_reject_fraction", low=0.0, high=1.0))
+
+
+_TOP_LEVEL = ("spec_version", "input", "labels", "seed", "image", "decode", "augment",
+              "features", "split", "dedup", "output", "failures")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A validated, immutable run spec (see CONTRACT.md for every key)."""
+
+    features: tuple[FeatureSpec, ...]
+    input: InputSpec = InputSpec()
+    labels: tuple[str, ...] | None = None
+    seed: int = 0
+    image: ImageSpec = ImageSpec()
+    decode: DecodeSpec = DecodeSpec()
+    augment: AugmentSpec = AugmentSpec()
+    split: SplitSpec = SplitSpec()
+    dedup: str = "none"
+    output: OutputSpec = OutputSpec()
+    failures: FailuresSpec = FailuresSpec()
+    spec_version: int = SPEC_VERSION
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> RunSpec:
+        """Parse and validate a spec document.
+
+        Raises
+        ------
+        SpecError
+            On the first problem found, with the key path in the message.
+        """
+        doc = _mapping(raw, "the spec")
+        _no_unknown(doc, _TOP_LEVEL, "the spec")
+        version = doc.get("spec_version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise SpecError(f"spec_version {version!r} is not supported; this featurelib reads {SPEC_VERSION}")
+        raw_features = doc.get("features")
+        if not isinstance(raw_features, (list, tuple)) or not raw_features:
+            raise SpecError(f"features must be a non-empty list; known extractors: {registry.names()}")
+        features = tuple(FeatureSpec.parse(f, i) for i, f in enumerate(raw_features))
+        columns = [f.column for f in features]
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicates:
+            raise SpecError(f"duplicate feature column(s) {duplicates}; give each a unique 'column'")
+        reserved = {"key", "source_key", "aug_index", "uri", "label", "label_name", "split",
+                    "sha256", "orig_height", "orig_width", "orig_format", "pixels"}
+        clashing = sorted(set(columns) & reserved)
+        if clashing:
+            raise SpecError(f"feature column(s) {clashing} clash with reserved column names")
+        labels = doc.get("labels")
+        if labels is not None:
+            if (not isinstance(labels, (list, tuple)) or not labels
+                    or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
+                raise SpecError(f"labels must be a non-empty list of unique non-empty strings, got {labels!r}")
+            labels = tuple(labels)
+        spec = cls(
+            features=features,
+            input=InputSpec.parse(doc.get("input")),
+            labels=labels,
+            seed=_int(doc.get("seed", 0), "seed", minimum=0),
+            image=ImageSpec.parse(doc.get("image")),
+            decode=DecodeSpec.parse(doc.get("decode")),
+            augment=AugmentSpec.parse(doc.get("augment")),
+            split=SplitSpec.parse(doc.get("split")),
+            dedup=_choice(doc.get("dedup", "none"), ("none", "content"), "dedup"),
+            output=OutputSpec.parse(doc.get("output")),
+            failures=FailuresSpec.parse(doc.get("failures")),
+        )
+        for feature in features:  # every extractor must accept the image size
+            registry.get(feature.name).output_dim(feature.params, spec.image.size)
+        return spec
+
+    @classmethod
+    def from_yaml_text(cls, text: str) -> RunSpec:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"the spec is not valid YAML: {exc}") from None
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> RunSpec:
+        """Read and validate a YAML spec file (a missing file is a SpecError)."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec {path!r}: {exc.strerror or exc}") from None
+        return cls.from_yaml_text(text)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, *, input: str | None = None, output: str | None = None,
+                       shards: int | None = None) -> RunSpec:
+        """Apply the command line's ``--input``, ``--output`` and ``--shards``."""
+        spec = self
+        if input is not None:
+            spec = dataclasses.replace(spec, input=dataclasses.replace(spec.input, path=input))
+        if output is not None:
+            spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, path=output))
+        if shards is not None:
+            _int(shards, "--shards", minimum=1)
+            spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, shards=shards, rows_per_shard=None))
+        return spec
+
+    def require_paths(self) -> None:
+        """Raise SpecError unless both the input and the output path are known."""
+        if not self.input.path:
+            raise SpecError("no input: set input.path in the spec or pass --input")
+        if not self.output.path:
+            raise SpecError("no output: set output.path in the spec or pass --output")
+
+    # -- serialisation -------------------------------------------------------
+
+    def to_dict(self, *, secrets: bool = True) -> dict[str, Any]:
+        """The full canonical document; ``secrets=False`` drops ``storage_options``."""
+        doc = {
+            "spec_version": self.spec_version,
+            "input": {"path": self.input.path,
+                      "storage_options": dict(self.input.storage_options) if secrets else {}},
+            "labels": list(self.labels) if self.labels is not None else None,
+            "seed": self.seed,
+            "image": {"size": list(self.image.size), "resize": self.image.resize,
+                      "interpolation": self.image.interpolation},
+            "decode": {"max_pixels": self.decode.max_pixels, "background": list(self.decode.background),
+                       "isolation": self.decode.isolation, "timeout_s": self.decode.timeout_s},
+            "augment": {"copies": self.augment.copies, "splits": list(self.augment.splits),
+                        "ops": [dict(op) for op in self.augment.ops]},
+            "features": [{"name": f.name, "params": dict(f.params), "column": f.column} for f in self.features],
+            "split": {"train": self.split.train, "val": self.split.val, "test": self.split.test,
+                      "by": self.split.by},
+            "dedup": self.dedup,
+            "output": {"path": self.output.path, "formats": list(self.output.formats),
+                       "pixels": self.output.pixels,
+                       **({"shards": self.output.shards} if self.output.shards is not None
+                          else {"rows_per_shard": self.output.rows_per_shard})},
+            "failures": {"max_reject_fraction": self.failures.max_reject_fraction},
+        }
+        if doc["labels"] is None:
+            del doc["labels"]
+        return doc
+
+    def to_json(self, *, secrets: bool = True) -> str:
+        return canonical_json(self.to_dict(secrets=secrets))
+
+    # -- fingerprints ----------------------------------------------------------
+
+    def feature_fingerprint(self) -> str:
+        """What makes two feature vectors comparable: decode policy, image, features.
+
+        Not paths, not the output layout, not the seed (originals do not depend on it).
+        """
+        from featurelib.decode import DECODE_POLICY_VERSION
+
+        parts = {
+            "decode_policy": DECODE_POLICY_VERSION,
+            "background": list(self.decode.background),
+            "image": {"size": list(self.image.size), "resize": self.image.resize,
+                      "interpolation": self.image.interpolation},
+            "features": [f.identity() for f in self.features],
+        }
+        return sha256_json(parts)
+
+    def run_fingerprint(self) -> str:
+        """``feature_fingerprint`` plus input, labels, seed, split, augment, dedup, layout."""
+        parts = {
+            "features": self.feature_fingerprint(),
+            "input": self.input.path,
+            "labels": list(self.labels) if self.labels is not None else None,
+            "seed": self.seed,
+            "split": dataclasses.asdict(self.split),
+            "augment": {"copies": self.augment.copies, "splits": list(self.augment.splits),
+                        "ops": [dict(op) for op in self.augment.ops]},
+            "dedup": self.dedup,
+            "max_pixels": self.decode.max_pixels,
+            "output": self.output.layout(),
+        }
+        return sha256_json(parts)
+
+    # -- derived -----------------------------------------------------------------
+
+    def feature_dims(self) -> list[tuple[FeatureSpec, int]]:
+        """Each feature with its declared output length at ``image.size``."""
+        return [(f, registry.get(f.name).output_dim(f.params, self.image.size)) for f in self.features]

@@ -1,0 +1,1 @@
+"""Apache Spark glue over featurelib's shard tasks, and training jobs (no feature computation here)."""

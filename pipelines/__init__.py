@@ -1,0 +1,1 @@
+"""Apache Beam glue over featurelib's shard tasks (no computation lives here)."""

@@ -1,0 +1,40 @@
+"""featurelib: distributed image preprocessing and feature extraction.
+
+One package installs the library (`featurelib`), the Beam glue (`pipelines`)
+and the Spark glue (`jobs`). Pins are ranges known to install together on
+Python 3.11 (see ../shared/design/STACK.md); each says why it is bounded.
+"""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "numpy>=2.4,<2.5",                      # 2.4 measured with every other pin; 2.5 unreleased against TF/Beam
+    "opencv-python-headless>=4.14,<5",      # OpenCV 5 moved HOGDescriptor to contrib
+    "pillow>=12,<13",                       # header-only size checks and EXIF/CMYK/palette handling
+    "pyarrow>=25,<26",                      # fixed_size_list columns and schema metadata, as measured
+    "h5py>=3.14,<3.15",                     # virtual datasets with relative sources, vlen UTF-8
+    "scikit-image>=0.26,<0.27",             # reference descriptors and the bundled sample photographs
+    "scikit-learn>=1.9,<1.10",              # load_digits / sample images; training jobs
+    "pyyaml>=6,<7",                         # the spec
+    "fsspec>=2024.6",                       # object-store inputs (s3://, gs://, ...) through one API
+    "pandas>=2.2,<3",                       # PySpark 4.3 does not fully support pandas 3 yet
+]
+
+EXTRAS = {
+    "beam": ["apache-beam==2.77.0"],        # FnApiRunner behaviour (no Prism download) measured on 2.77
+    "spark": ["pyspark==4.3.0"],            # runs on Java 17; standalone cluster from the pip package
+    "deep": ["tensorflow-cpu==2.21.0"],     # Keras 3.15 VGG16; the CPU build never pulls CUDA
+    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="featurelib",
+    version="0.1.0",
+    description="Distributed image preprocessing and feature extraction (Beam, Spark, local)",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["featurelib", "featurelib.*", "pipelines", "pipelines.*", "jobs", "jobs.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["featurize=featurelib.cli:main"]},
+)

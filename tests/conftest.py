@@ -1,0 +1,87 @@
+"""Shared fixtures: real sample corpora (built once per session) and a spec writer."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # pipelines/ and jobs/ import from the checkout
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Workers of every engine must see the same thread limits as the local engine gives them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> pathlib.Path:
+    """All 1,797 digits of scikit-learn as 32x32 PNGs, folder per class."""
+    from featurelib.sample_data import make_sample
+
+    root = tmp_path_factory.mktemp("samples") / "digits"
+    make_sample("digits", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mixed_dir(tmp_path_factory, digits_dir) -> tuple[pathlib.Path, dict[str, str | None]]:
+    """300 real digits plus the bad and tricky files of :mod:`badfiles` in class folder '0'.
+
+    Returns the root and {relative key: expected reject reason or None}.
+    """
+    from badfiles import write_bad_files
+
+    root = tmp_path_factory.mktemp("mixed") / "corpus"
+    expected: dict[str, str | None] = {}
+    files = sorted(p for p in digits_dir.rglob("*.png"))
+    for path in files[::6]:  # every 6th digit: 300 files across all classes
+        rel = path.relative_to(digits_dir).as_posix()
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / rel)
+        expected[rel] = None
+    expected.update(write_bad_files(root, label_dir="0"))
+    return root, expected
+
+
+@pytest.fixture(scope="session")
+def real_images() -> dict[str, np.ndarray]:
+    """Real RGB photographs shipped with scikit-image and scikit-learn, as (H, W, 3) uint8."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    images = {name: getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")}
+    china, flower = load_sample_images().images
+    images["china"], images["flower"] = china, flower
+    images["camera_rgb"] = np.repeat(data.camera()[:, :, None], 3, axis=2)
+    return images
+
+
+def write_spec(path: pathlib.Path, **sections) -> pathlib.Path:
+    """Write a YAML spec with small defaults, overridden by `sections`."""
+    doc = {
+        "spec_version": 1,
+        "seed": 42,
+        "image": {"size": [32, 32]},
+        "features": [
+            {"name": "color_stats"},
+            {"name": "color_hist", "params": {"bins": 4, "color_space": "hsv"}},
+            {"name": "intensity_hist", "params": {"bins": 16}},
+        ],
+        "output": {"shards": 4},
+    }
+    doc.update(sections)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """Factory: spec_file(**sections) -> path of a written spec."""
+    counter = iter(range(1000))
+    return lambda **sections: write_spec(tmp_path / f"spec-{next(counter)}.yaml", **sections)
