@@ -29,10 +29,12 @@ from featurelib.schema import FORMAT_VERSION, OutputSchema
 from featurelib.sources import SourceRecord, list_inputs, read_bytes, shard_of, split_of
 from featurelib.spec import RunSpec
 
-#: Environment variable naming a fault to inject, for reliability tests only:
-#: ``"<shard>:<marker file>"`` makes that shard's task fail mid-shard on its first
-#: attempt (the marker records that the attempt happened), and succeed afterwards.
-FAULT_ENV = "FEATURELIB_INJECT_FAULT"
+#: Environment variable naming a JSON file that arms a fault, for reliability tests
+#: only. The file holds ``{"output": OUT, "shard": N, "marker": PATH}``: the task of
+#: shard N writing to OUT fails mid-shard when PATH does not exist yet (and creates
+#: it), so its first attempt fails and a retry succeeds. Being a file, it can be
+#: armed after long-lived workers (Spark, Beam) have started; unset, it costs nothing.
+FAULT_ENV = "FEATURELIB_FAULT_FILE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,12 +179,14 @@ def _make_decoder(spec: RunSpec):
 
 
 def _maybe_inject_fault(task: ShardTask) -> None:
-    setting = os.environ.get(FAULT_ENV)
-    if not setting:
+    path = os.environ.get(FAULT_ENV)
+    if not path or not os.path.exists(path):
         return
-    shard, marker = setting.split(":", 1)
-    if int(shard) == task.shard and not os.path.exists(marker):
-        with open(marker, "w") as handle:
+    with open(path, encoding="utf-8") as handle:
+        fault = json.load(handle)
+    if (fault.get("output") == task.output and fault.get("shard") == task.shard
+            and not os.path.exists(fault["marker"])):
+        with open(fault["marker"], "w") as handle:
             handle.write(str(os.getpid()))
         raise RuntimeError(f"injected fault in shard {task.shard} (first attempt)")
 

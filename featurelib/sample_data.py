@@ -341,6 +341,8 @@ def class_rng(seed: int, class_index: int, stream: int) -> np.random.Generator:
 
 
 # --- sources (bundled data only) ---------------------------------------------
+# The imports are lazy: sklearn.datasets alone takes 1.5..3 s to import, and
+# nothing else in featurelib should pay that for importing this module.
 
 
 def _load_texture(name: str) -> np.ndarray:
@@ -352,6 +354,8 @@ def _load_texture(name: str) -> np.ndarray:
 
 
 def _skimage_rgb(name: str) -> Callable[[], np.ndarray]:
+    """Loader of the bundled skimage colour photograph ``skimage.data.<name>``."""
+
     def load() -> np.ndarray:
         import skimage.data
 
@@ -361,6 +365,7 @@ def _skimage_rgb(name: str) -> Callable[[], np.ndarray]:
 
 
 def _motorcycle() -> np.ndarray:
+    """Left view of the bundled Middlebury stereo pair (the pair loads as one)."""
     import skimage.data
 
     left, _right, _disparity = skimage.data.stereo_motorcycle()
@@ -368,6 +373,8 @@ def _motorcycle() -> np.ndarray:
 
 
 def _sklearn_photo(filename: str) -> Callable[[], np.ndarray]:
+    """Loader of a photograph bundled with scikit-learn (``china.jpg``, ``flower.jpg``)."""
+
     def load() -> np.ndarray:
         from sklearn.datasets import load_sample_image
 

@@ -73,7 +73,12 @@ class OutputSchema:
         columns = tuple(
             Column(f.column, f.name, f.version, dict(f.params), dim) for f, dim in spec.feature_dims()
         )
-        return cls(columns, tuple(spec.image.size), spec.output.pixels, spec.to_json(secrets=False),
+        # The spec stamped into shards leaves out secrets and the output path (where
+        # the file lies is not part of what it holds), so the same run writes the same
+        # bytes into any output folder.
+        stamped = spec.to_dict(secrets=False)
+        stamped["output"].pop("path", None)
+        return cls(columns, tuple(spec.image.size), spec.output.pixels, canonical_json(stamped),
                    spec.feature_fingerprint(), spec.run_fingerprint())
 
     @property

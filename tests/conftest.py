@@ -18,6 +18,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 # Workers of every engine must see the same thread limits as the local engine gives them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Fault injection (featurelib.run.FAULT_ENV): set before any engine starts its workers,
+# armed per test by writing the file (see arm_fault).
+FAULT_FILE = pathlib.Path(os.environ.setdefault(
+    "FEATURELIB_FAULT_FILE", f"/tmp/featurelib-fault-{os.getpid()}.json"))
+
+
+@pytest.fixture
+def arm_fault(tmp_path):
+    """arm_fault(output, shard): that shard's first attempt fails mid-shard; disarmed after the test."""
+    import json
+
+    def arm(output, shard):
+        FAULT_FILE.write_text(json.dumps({"output": str(output), "shard": shard,
+                                          "marker": str(tmp_path / f"fault-marker-{shard}")}))
+    yield arm
+    FAULT_FILE.unlink(missing_ok=True)
+
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> pathlib.Path:

@@ -1,0 +1,123 @@
+"""Listing, identity, labels, and the split and shard formulas of the contract, recomputed here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurelib.errors import RecordError, UserError
+from featurelib.sources import list_inputs, read_bytes, shard_of, split_of
+
+
+def contract_split(seed, s, train, val):
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{s}".encode()).digest()[:8], "big") / 2**64
+    return "train" if u < train else "val" if u < train + val else "test"
+
+
+def contract_shard(key, n):
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n
+
+
+def test_split_and_shard_formulas_match_the_contract():
+    keys = [f"{c}/img-{i}.png" for c in "abc" for i in range(400)] + ["ünï côdé/x y%.jpg"]
+    for key in keys:
+        assert split_of(42, key, {"train": 0.7, "val": 0.2, "test": 0.1}) == contract_split(42, key, 0.7, 0.2)
+        for n in (1, 7, 64):
+            assert shard_of(key, n) == contract_shard(key, n)
+    splits = [split_of(42, k, {"train": 0.7, "val": 0.2, "test": 0.1}) for k in keys]
+    assert 0.65 < splits.count("train") / len(keys) < 0.75  # the hash spreads
+
+
+def make_tree(root, files):
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def test_folder_listing_keys_labels_and_hidden_files(tmp_path):
+    make_tree(tmp_path, {"cat/a.jpg": b"1", "cat/sub/b.jpg": b"2", "dog/c d.png": b"3", "root.jpg": b"4",
+                         ".hidden/x.jpg": b"5", "cat/.DS_Store": b"6", "dog/ünï%.png": b"7"})
+    listing = list_inputs(str(tmp_path), seed=1)
+    keys = [r.source_key for r in listing.records]
+    assert keys == sorted(["cat/a.jpg", "cat/sub/b.jpg", "dog/c d.png", "root.jpg", "dog/ünï%.png"])
+    assert listing.label_names == ("cat", "dog")
+    by_key = {r.source_key: r for r in listing.records}
+    assert (by_key["cat/sub/b.jpg"].label, by_key["cat/sub/b.jpg"].label_name) == (0, "cat")
+    assert (by_key["root.jpg"].label, by_key["root.jpg"].label_name) == (-1, None)
+    assert by_key["dog/c d.png"].split == contract_split(1, "dog/c d.png", 0.8, 0.1)
+
+
+def test_explicit_labels_order_and_unknown_label_reject(tmp_path):
+    make_tree(tmp_path, {"cat/a.jpg": b"1", "dog/b.jpg": b"2", "eel/c.jpg": b"3"})
+    listing = list_inputs(str(tmp_path), labels=["dog", "cat"])
+    by_key = {r.source_key: r for r in listing.records}
+    assert listing.label_names == ("dog", "cat")
+    assert by_key["cat/a.jpg"].label == 1 and by_key["dog/b.jpg"].label == 0
+    assert by_key["eel/c.jpg"].reject == ("invalid_label", "label 'eel' is not in the spec's labels")
+
+
+def test_symlink_out_of_root_is_listed_and_rejected(tmp_path):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"x")
+    root = tmp_path / "in"
+    make_tree(root, {"a/ok.jpg": b"1"})
+    os.symlink(outside, root / "a" / "escape.jpg")
+    by_key = {r.source_key: r for r in list_inputs(str(root)).records}
+    assert by_key["a/escape.jpg"].reject[0] == "invalid_input"
+    assert by_key["a/ok.jpg"].reject is None
+
+
+def test_csv_and_parquet_manifests(tmp_path):
+    make_tree(tmp_path, {"img/1.jpg": b"1", "img/2.jpg": b"2"})
+    csv = tmp_path / "m.csv"
+    csv.write_text("uri,label,split,id\nimg/1.jpg,cat,val,007\nimg/2.jpg,dog,,008\nimg/2.jpg,dog,,007\n"
+                   ",cat,,009\nimg/1.jpg,cat,holdout,010\n")
+    listing = list_inputs(str(csv), seed=3)
+    by_key = {r.source_key: r for r in listing.records}
+    assert by_key["007"].uri == str(tmp_path / "img/1.jpg") and by_key["007"].split == "val"
+    assert by_key["008"].split == contract_split(3, "008", 0.8, 0.1)
+    dup = [r for r in listing.records if r.reject and "repeats id '007'" in r.reject[1]]
+    assert len(dup) == 1 and dup[0].reject[0] == "invalid_input"
+    assert by_key["009"].reject == ("invalid_input", "manifest row 4 has no uri")
+    assert by_key["010"].reject[0] == "invalid_input" and "holdout" in by_key["010"].reject[1]
+    table = pa.table({"uri": [str(tmp_path / "img/1.jpg")], "label": ["cat"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    (record,) = list_inputs(str(tmp_path / "m.parquet")).records
+    assert record.source_key == str(tmp_path / "img/1.jpg") and record.label_name == "cat"
+
+
+@pytest.mark.parametrize("content,message", [
+    ("label\ncat\n", "has no 'uri' column"),
+    ("uri,colour\nx,red\n", r"unknown column\(s\) \['colour'\]"),
+    ("uri\n", "has no rows"),
+])
+def test_bad_manifests_are_user_errors(tmp_path, content, message):
+    path = tmp_path / "m.csv"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        list_inputs(str(path))
+
+
+def test_missing_or_empty_input_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="is not a folder"):
+        list_inputs(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="holds no files"):
+        list_inputs(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        list_inputs(str(tmp_path / "nope.csv"))
+
+
+def test_read_errors_become_record_errors(tmp_path):
+    with pytest.raises(RecordError) as info:
+        read_bytes(str(tmp_path / "gone.jpg"))
+    assert info.value.reason == "missing"
+    with pytest.raises(RecordError) as info:
+        read_bytes(str(tmp_path))
+    assert info.value.reason == "read_error"
+    (tmp_path / "x").write_bytes(b"abc")
+    assert read_bytes(f"file://{tmp_path}/x") == b"abc"
