@@ -1,0 +1,50 @@
+"""The SparkSession featurelib's jobs use, with each setting explained.
+
+    from jobs.session import build_session
+    spark = build_session(master="local[*]")
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+#: Settings and why. Callers (and spark-submit --conf) may override any of them.
+DEFAULTS: dict[str, str] = {
+    # Shard tasks return small results; Arrow batches of image-sized rows must stay
+    # small (the default of 10,000 rows is gigabytes) wherever DataFrames carry images.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "64",
+    # Keep Python workers alive between tasks, so per-worker state (decoders,
+    # later CNN weights) is built once per process, not once per task.
+    "spark.python.worker.reuse": "true",
+    # One native thread per task: Spark's parallelism is one task per core.
+    "spark.executorEnv.OMP_NUM_THREADS": "1",
+    "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
+    # glibc: no page-fault storm on every decoded image (see STACK.md).
+    "spark.executorEnv.MALLOC_MMAP_THRESHOLD_": "67108864",
+    "spark.executorEnv.MALLOC_TRIM_THRESHOLD_": "134217728",
+    # A failed shard task is retried (tasks are idempotent: temp name, then rename).
+    "spark.task.maxFailures": "4",
+    # Shard tasks are coarse; do not let Spark wait for data locality that does not exist.
+    "spark.locality.wait": "0s",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def build_session(master: str | None = None, conf: Mapping[str, str] | None = None, app_name: str = "featurelib"):
+    """Get or create the SparkSession (``master`` None: whatever spark-submit set, else local[*])."""
+    from pyspark.sql import SparkSession
+
+    # Executors run the same interpreter as the driver unless the cluster says otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    elif "SPARK_HOME" not in os.environ and not os.environ.get("PYSPARK_SUBMIT_ARGS"):
+        builder = builder.master("local[*]")
+    for key, value in {**DEFAULTS, **dict(conf or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
