@@ -102,3 +102,14 @@ def spec_file(tmp_path):
     """Factory: spec_file(**sections) -> path of a written spec."""
     counter = iter(range(1000))
     return lambda **sections: write_spec(tmp_path / f"spec-{next(counter)}.yaml", **sections)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one local Spark session of the test run: local[2,3] (2 cores, a task may fail 3 times)."""
+    from jobs.session import build_session
+
+    session = build_session("local[2,3]", {"spark.ui.enabled": "false", "spark.task.maxFailures": "3"},
+                            app_name="featurelib-tests")
+    yield session
+    session.stop()

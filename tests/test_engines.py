@@ -1,0 +1,146 @@
+"""Local, Beam (in-process and multi-processing) and Spark local[2,3]: identical output, ledger,
+retries on Spark, clean failure and resume on Beam, per-worker state built once."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+
+from featurelib import cli
+from featurelib.driver import execute
+from featurelib.engines.local import LocalEngine
+from featurelib.spec import RunSpec
+from ledger import assert_ledger
+from test_local_engine import AUGMENT, digest_tree
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def run_on(engine, spec_path, inp, out, **kwargs):
+    spec = RunSpec.from_yaml(str(spec_path)).with_overrides(input=str(inp), output=str(out))
+    return execute(spec, engine, log=lambda m: None, **kwargs).manifest
+
+
+def beam(*flags):
+    from pipelines.extract_features import BeamEngine
+
+    return BeamEngine(list(flags))
+
+
+def spark_engine(session):
+    from jobs.extract_features import SparkEngine
+
+    return SparkEngine(session)
+
+
+def comparable(manifest):
+    """A manifest without what legitimately differs between engines and runs."""
+    drop = ("engine", "created_at", "metrics", "spec", "files")
+    out = {k: v for k, v in manifest.items() if k not in drop}
+    out["files"] = [(f["path"], f["rows"], f["sha256"] if f["kind"] != "hdf5" and f["kind"] != "hdf5_index" else None)
+                    for f in manifest["files"]]
+    return out
+
+
+def builds_once_per_process(manifest):
+    """Every result from one worker process reports the same build count: no rebuild mid-run."""
+    per_pid = collections.defaultdict(set)
+    for shard in manifest["metrics"]["shards"]:
+        per_pid[shard["pid"]].add(shard["state_builds"])
+    return all(len(counts) == 1 for counts in per_pid.values()), len(per_pid)
+
+
+@pytest.fixture(scope="module")
+def parity_spec(tmp_path_factory):
+    from conftest import write_spec
+
+    return write_spec(tmp_path_factory.mktemp("spec") / "parity.yaml", augment=AUGMENT,
+                      failures={"max_reject_fraction": 0.25}, output={"shards": 6})
+
+
+@pytest.fixture(scope="module")
+def reference(mixed_dir, parity_spec, tmp_path_factory):
+    root, expected = mixed_dir
+    out = tmp_path_factory.mktemp("ref") / "local"
+    manifest = run_on(LocalEngine(2), parity_spec, root, out)
+    assert_ledger(out, set(expected))
+    return out, manifest
+
+
+@pytest.mark.parametrize("engine_name", ["beam", "beam-multiprocessing", "spark-local[2,3]"])
+def test_engines_write_what_the_local_engine_writes(engine_name, reference, mixed_dir, parity_spec, tmp_path, spark):
+    root, expected = mixed_dir
+    engine = {"beam": lambda: beam(),
+              "beam-multiprocessing": lambda: beam("--direct_num_workers=2", "--direct_running_mode=multi_processing"),
+              "spark-local[2,3]": lambda: spark_engine(spark)}[engine_name]()
+    manifest = run_on(engine, parity_spec, root, tmp_path / "o")
+    rejected = assert_ledger(tmp_path / "o", set(expected))
+    assert {k: v for k, v in expected.items() if v} == rejected
+    ref_out, ref_manifest = reference
+    assert digest_tree(tmp_path / "o") == digest_tree(ref_out)
+    assert comparable(manifest) == comparable(ref_manifest)
+    assert manifest["engine"] == engine_name.split("-")[0]
+    once, pids = builds_once_per_process(manifest)
+    assert once, manifest["metrics"]["shards"]
+    if engine_name != "beam":
+        assert pids >= 1
+
+
+def test_local_engine_builds_worker_state_once_per_process(reference):
+    _, manifest = reference
+    once, pids = builds_once_per_process(manifest)
+    assert once and pids == 2  # 6 shard tasks on 2 worker processes
+
+
+def test_spark_retries_a_failed_task_and_the_output_equals_a_clean_run(reference, mixed_dir, parity_spec,
+                                                                       tmp_path, spark, arm_fault):
+    root, expected = mixed_dir
+    out = tmp_path / "o"
+    arm_fault(out, 3)
+    run_on(spark_engine(spark), parity_spec, root, out)
+    assert (tmp_path / "fault-marker-3").exists(), "the fault never fired"
+    assert_ledger(out, set(expected))
+    assert digest_tree(out) == digest_tree(reference[0])
+
+
+def test_beam_fails_cleanly_and_resume_completes(reference, mixed_dir, parity_spec, tmp_path, arm_fault):
+    root, expected = mixed_dir
+    out = tmp_path / "o"
+    arm_fault(out, 4)
+    with pytest.raises(RuntimeError, match="injected fault in shard 4"):
+        run_on(beam(), parity_spec, root, out)
+    assert not (out / "_manifest.json").exists()
+    assert json.loads((out / "_FAILED.json").read_text())["kind"] == "error"
+    assert not list(out.rglob("*.tmp-*"))
+    assert not (out / "parquet" / "part-00004-of-00006.parquet").exists()
+    manifest = run_on(beam(), parity_spec, root, out, resume=True)
+    assert manifest["metrics"]["fresh_shards"] >= 1
+    assert_ledger(out, set(expected))
+    assert digest_tree(out) == digest_tree(reference[0])
+
+
+def test_beam_entry_point_and_default_engine(mixed_dir, parity_spec, tmp_path, capsys):
+    from pipelines.extract_features import run
+
+    root, expected = mixed_dir
+    report = run(["--spec", str(parity_spec), "--input", str(root), "--output", str(tmp_path / "a"),
+                  "--shards", "3", "--runner", "FnApiRunner"])
+    assert report.manifest["engine"] == "beam" and report.manifest["n_shards"] == 3
+    # featurize run without --engine uses Beam
+    code = cli.main(["run", "--spec", str(parity_spec), "--input", str(root), "--output", str(tmp_path / "b"),
+                     "--shards", "3"])
+    assert code == 0
+    assert json.loads((tmp_path / "b" / "_manifest.json").read_text())["engine"] == "beam"
+    assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b")
+
+
+def test_policy_failure_inside_the_beam_commit_step_exits_3(mixed_dir, spec_file, tmp_path, capsys):
+    root, _ = mixed_dir
+    spec = spec_file(failures={"max_reject_fraction": 0.0})
+    code = cli.main(["run", "--engine", "beam", "--spec", str(spec), "--input", str(root),
+                     "--output", str(tmp_path / "o")])
+    assert code == 3
+    assert "over failures.max_reject_fraction = 0.0" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "_FAILED.json").read_text())["kind"] == "policy"
