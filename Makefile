@@ -20,7 +20,12 @@ $(STAMP): setup.py
 demo: install
 	test -d data/demo/digits || $(BIN)/featurize sample-data digits data/demo/digits
 	$(BIN)/featurize run --engine local --spec deploy/specs/demo.yaml --output out/demo/local --overwrite
-	@echo "output under out/demo/ (read it with: $(BIN)/featurize inspect out/demo/local)"
+	$(BIN)/featurize run --engine beam  --spec deploy/specs/demo.yaml --output out/demo/beam --overwrite \
+		--direct_num_workers=2 --direct_running_mode=multi_processing 2>&1 | grep -v "^INFO:"
+	$(BIN)/featurize run --engine spark --spec deploy/specs/demo.yaml --output out/demo/spark --overwrite \
+		--conf spark.ui.enabled=false
+	$(BIN)/featurize compare out/demo/local out/demo/beam out/demo/spark
+	@echo "outputs under out/demo/ (read one with: $(BIN)/featurize inspect out/demo/local)"
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--scale", type=int, default=1, help="repeat the set this many times (benchmarks)")
 
+    compare = sub.add_parser("compare", help="check that outputs hold byte-identical Parquet shards and rejects")
+    compare.add_argument("outputs", nargs="+")
+
     inspect = sub.add_parser("inspect", help="describe a committed output")
     inspect.add_argument("output")
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
@@ -98,6 +101,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from featurelib.io.readers import load_manifest
+
+    def fingerprint(manifest):
+        # Parquet and reject bytes are engine-independent by design; HDF5 bytes are not compared.
+        return sorted((f["path"], f["sha256"]) for f in manifest["files"] if f["kind"] in ("parquet", "rejects"))
+
+    manifests = [load_manifest(path) for path in args.outputs]
+    reference = fingerprint(manifests[0])
+    same = True
+    for path, manifest in zip(args.outputs, manifests):
+        agrees = fingerprint(manifest) == reference and manifest["counts"] == manifests[0]["counts"]
+        same &= agrees
+        print(f"{'same' if agrees else 'DIFFERENT':<10}{manifest['engine']:<7}{path}  "
+              f"({len(reference)} files, counts {manifest['counts']})")
+    print("outputs agree: identical Parquet shards and rejects" if same else "outputs differ")
+    return EXIT_OK if same else EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
@@ -109,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, extra)
         if args.command == "sample-data":
             return _sample(args)
+        if args.command == "compare":
+            return _compare(args)
         return _inspect(args)
     except UserError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
