@@ -40,6 +40,10 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
     # Executors run the same interpreter as the driver unless the cluster says otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if (master or "local").startswith("local"):
+        # A single machine needs no network address; without this Spark resolves the
+        # host name and may bind to an external interface.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)

@@ -109,7 +109,8 @@ class BeamEngine(Engine):
                 with open(target, "wb") as handle:
                     pickle.dump(sorted(results, key=lambda r: r[0]), handle)
 
-            with self.pipeline_factory() as pipeline:
+            # Always a fresh pipeline: an injected test pipeline is kept for the main graph.
+            with beam.Pipeline(options=self.options) as pipeline:
                 (pipeline
                  | beam.Create(list(enumerate(items)), reshuffle=False)
                  | beam.Reshuffle()

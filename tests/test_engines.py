@@ -144,3 +144,29 @@ def test_policy_failure_inside_the_beam_commit_step_exits_3(mixed_dir, spec_file
     assert code == 3
     assert "over failures.max_reject_fraction = 0.0" in capsys.readouterr().err
     assert json.loads((tmp_path / "o" / "_FAILED.json").read_text())["kind"] == "policy"
+
+
+def test_dedup_pass_runs_on_beam_and_spark(digits_dir, spec_file, tmp_path, spark):
+    import shutil
+
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines.extract_features import run
+
+    root = tmp_path / "in"
+    for path in sorted(digits_dir.rglob("*.png"))[::20]:
+        rel = path.relative_to(digits_dir)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / rel)
+        if len(list(root.rglob("*.png"))) <= 4:
+            shutil.copyfile(path, root / rel.parent / f"zz-copy-{rel.name}")  # larger key: the duplicate
+    spec = spec_file(dedup="content", failures={"max_reject_fraction": 0.2}, output={"shards": 3})
+    listed = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
+    run(["--spec", str(spec), "--input", str(root), "--output", str(tmp_path / "beam")],
+        test_pipeline=TestPipeline(argv=["--runner=FnApiRunner"], blocking=True))
+    run_on(spark_engine(spark), spec, root, tmp_path / "spark")
+    for engine in ("beam", "spark"):
+        rejected = assert_ledger(tmp_path / engine, listed)
+        assert sorted(rejected) == sorted(k for k in listed if "/zz-copy-" in k)
+        assert set(rejected.values()) == {"duplicate"}
+    assert digest_tree(tmp_path / "beam") == digest_tree(tmp_path / "spark")
