@@ -121,3 +121,28 @@ def test_read_errors_become_record_errors(tmp_path):
     assert info.value.reason == "read_error"
     (tmp_path / "x").write_bytes(b"abc")
     assert read_bytes(f"file://{tmp_path}/x") == b"abc"
+
+
+def test_fsspec_uris_list_and_read_through_fsspec(digits_dir, tmp_path):
+    """An object-store-like URI (fsspec's in-memory file system) goes through the fsspec code path."""
+    import fsspec
+
+    from featurelib.run import plan, process_shard
+    from featurelib.spec import RunSpec
+
+    fs = fsspec.filesystem("memory")
+    sources = sorted(digits_dir.rglob("*.png"))[:12]
+    for path in sources:
+        fs.pipe(f"/bucket/digits/{path.parent.name}/{path.name}", path.read_bytes())
+    fs.pipe("/bucket/digits/.hidden/skip.png", b"x")
+    listing = list_inputs("memory://bucket/digits", seed=0)
+    assert [r.source_key for r in listing.records] == sorted(f"{p.parent.name}/{p.name}" for p in sources)
+    assert all(r.uri.startswith("memory://") for r in listing.records)
+    assert read_bytes(listing.records[0].uri) == (digits_dir / listing.records[0].source_key).read_bytes()
+    spec = RunSpec.from_dict({"features": [{"name": "color_stats"}], "image": {"size": [16, 16]},
+                              "input": {"path": "memory://bucket/digits"},
+                              "output": {"path": str(tmp_path / "o"), "shards": 1}})
+    (task,) = plan(spec)
+    result = process_shard(task)  # in-process: the memory file system lives here
+    assert result.metrics["written_sources"] == 12 and result.metrics["rejected"] == 0
+    fs.rm("/bucket/digits", recursive=True)
