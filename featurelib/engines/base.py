@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
 
-class Engine:
-    """Base class: subclasses implement :meth:`map`; :meth:`run` may put the commit elsewhere."""
+class Engine(abc.ABC):
+    """Subclasses implement :meth:`map`; :meth:`run` may put the commit elsewhere (Beam does)."""
 
     name = "base"
 
+    @abc.abstractmethod
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError  # abstract: every engine overrides it
+        """``[function(item) for item in items]``, in order, wherever the engine runs tasks."""
 
     def run(self, tasks: Sequence[Any], finish: Callable[[list[Any]], dict[str, Any]]) -> dict[str, Any]:
         """Process every shard task, then commit on the driver."""
