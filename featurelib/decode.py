@@ -39,8 +39,8 @@ Policy
      32-bit or other non-8/16-bit samples.
    - ``too_large``: width * height **read from the header** exceeds
      ``max_pixels`` (or a decoder's own hard limit: OpenCV's
-     ``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2**30, or Pillow's
-     ``DecompressionBombError``).  The check happens before any pixel data is
+     ``OPENCV_IO_MAX_IMAGE_PIXELS``/``_WIDTH``/``_HEIGHT``, default 2**30
+     pixels and 2**20 per side, or Pillow's ``DecompressionBombError``).  The check happens before any pixel data is
      decoded, so a decompression bomb costs a header parse.  JPEG and PNG
      headers are parsed here; for GIF/BMP/TIFF/WEBP the size comes from
      Pillow's lazy ``Image.open``, which reads only the header.  Pillow's own
@@ -51,26 +51,30 @@ Policy
      walked, and the data must reach an EOI marker (``FFD9``) after the last
      scan; a JPEG cut anywhere, or missing its EOI, is truncated (OpenCV would
      silently fill the rest with grey).  PNG: the chunk structure must reach
-     ``IEND``.  Pillow formats: when Pillow reports truncation (``EOFError``,
-     "truncated" in its message).  Bytes after JPEG's EOI or PNG's IEND are
-     ignored.
+     ``IEND``.  WebP: less data than the RIFF header declares.  TIFF: the
+     first IFD, or a strip/tile of the first image, lies beyond the data.
+     Otherwise (GIF, BMP, ...) when Pillow reports truncation (``EOFError``,
+     "truncated" in its message).  Bytes after JPEG's EOI, PNG's IEND or the
+     RIFF size are ignored.
    - ``corrupt``: recognised, but decoding failed otherwise: bad header values,
      a PNG chunk whose CRC does not match (every chunk is checked, ancillary
      ones included), a missing frame/scan/IDAT, OpenCV returning nothing, any
      exception or **any Python warning** from Pillow.  Limitation: damage
-     inside JPEG entropy-coded data that libjpeg recovers from (it only warns,
-     and OpenCV does not report it) decodes with artefacts.
+     inside JPEG entropy-coded data that libjpeg recovers from (it only warns
+     on stderr, and OpenCV does not report it), including a scan that runs
+     out of data inside a structurally complete file, decodes with artefacts.
 
    Precedence: the first problem met while reading the file front to back
    wins (so a bomb whose header is intact is ``too_large`` even if its body
    is cut short).  Nothing other than :class:`DecodeError` escapes for any
    input bytes; invalid *arguments* raise ``ValueError``/``TypeError``.
 
-3. **Orientation.**  EXIF orientation 2-8 is applied (read by this module from
-   JPEG's APP1 ``Exif``, PNG's ``eXIf`` chunk, TIFF's first IFD and WebP's
-   ``EXIF`` chunk); 1, missing, unreadable or out-of-range values mean
-   "as stored".  XMP orientation is ignored.  ``orig_height``/``orig_width``
-   are the displayed (post-orientation) size.
+3. **Orientation.**  EXIF orientation 2-8 is applied: read by this module
+   from JPEG's first APP1 ``Exif``, PNG's ``eXIf`` chunk and WebP's ``EXIF``
+   chunk and applied here; for TIFF, Pillow's loader and OpenCV's TIFF reader
+   apply the tag themselves (it is never applied twice).  1, missing,
+   unreadable or out-of-range values mean "as stored"; XMP orientation is
+   ignored.  ``orig_height``/``orig_width`` are the displayed size.
 4. **Channels.**  Grayscale is replicated to three equal channels; palette
    images are looked up to RGB; 1/2/4-bit samples are scaled to 0..255
    (``v * 255 / (2**bits - 1)``).
@@ -91,7 +95,11 @@ Policy
 10. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` must stay ``False`` (Pillow's
     default): if some other code set it, :func:`decode_image` raises
     :class:`PolicyMisconfigured` (a ``RuntimeError``, not a reject) rather
-    than silently accept grey-filled images.
+    than silently accept grey-filled images.  No global state of Pillow or
+    OpenCV is changed by this module.  Pillow-path decodes record warnings
+    with ``warnings.catch_warnings``, which is process-global: decode from one
+    thread per process (what every engine does), or a warning raised by
+    another thread at that moment could be attributed to the image.
 
 Isolation
 ---------
@@ -277,24 +285,32 @@ def sniff_format(data: bytes) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def _opencv_max_pixels() -> int:
-    """OpenCV's own pixel cap (read by OpenCV from the environment at import)."""
+def _opencv_limit(name: str, default: int) -> int:
+    """One of OpenCV's own image-size limits (read by OpenCV from the environment)."""
     try:
-        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+        return int(os.environ.get(name, default))
     except ValueError:
-        return 1 << 30
+        return default
 
 
-_OPENCV_MAX_PIXELS = _opencv_max_pixels()
+# OpenCV refuses images beyond these (imdecode then returns None); inputs that
+# pass max_pixels but not these are too_large too, not corrupt.
+_OPENCV_MAX_PIXELS = _opencv_limit("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)
+_OPENCV_MAX_WIDTH = _opencv_limit("OPENCV_IO_MAX_IMAGE_WIDTH", 1 << 20)
+_OPENCV_MAX_HEIGHT = _opencv_limit("OPENCV_IO_MAX_IMAGE_HEIGHT", 1 << 20)
 
 
-def _check_cap(width: int, height: int, max_pixels: int, *, decoder_cap: int | None = None) -> None:
-    """Raise ``too_large`` when ``width * height`` exceeds the cap(s)."""
+def _check_cap(width: int, height: int, max_pixels: int, *, opencv: bool = False) -> None:
+    """Raise ``too_large`` when ``width * height`` exceeds the cap (or OpenCV's limits)."""
     pixels = width * height
     if pixels > max_pixels:
         raise DecodeError("too_large", f"{width}x{height} = {pixels} pixels > max_pixels {max_pixels}")
-    if decoder_cap is not None and pixels > decoder_cap:
-        raise DecodeError("too_large", f"{width}x{height} = {pixels} pixels > the decoder's own limit {decoder_cap}")
+    if opencv and (pixels > _OPENCV_MAX_PIXELS or width > _OPENCV_MAX_WIDTH or height > _OPENCV_MAX_HEIGHT):
+        raise DecodeError(
+            "too_large",
+            f"{width}x{height} exceeds OpenCV's limits ({_OPENCV_MAX_PIXELS} pixels, "
+            f"{_OPENCV_MAX_WIDTH} wide, {_OPENCV_MAX_HEIGHT} high)",
+        )
 
 
 def _reduce16(values: np.ndarray) -> np.ndarray:
@@ -351,7 +367,9 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 _TIFF_TYPES = {1: (1, "B"), 3: (2, "H"), 4: (4, "I"), 16: (8, "Q")}
 
 
-def _tiff_ifd0(tiff: bytes, wanted: frozenset[int]) -> dict[int, tuple[int, ...]]:
+def _tiff_ifd0(
+    tiff: bytes, wanted: frozenset[int], *, max_values: int = 64, strict: bool = False
+) -> dict[int, tuple[int, ...]]:
     """Integer values of selected tags in the first IFD of a TIFF/EXIF structure.
 
     Parameters
@@ -360,13 +378,19 @@ def _tiff_ifd0(tiff: bytes, wanted: frozenset[int]) -> dict[int, tuple[int, ...]
         Starts with a TIFF header (``II*\\0``, ``MM\\0*``, or BigTIFF's ``+``).
     wanted : frozenset of int
         Tag numbers to read.
+    max_values : int
+        Tags with more values than this are left out.
+    strict : bool
+        When the IFD or a wanted tag's values lie beyond the end of ``tiff``,
+        raise ``truncated`` instead of leaving them out (for whole TIFF files;
+        an EXIF block inside another format is read leniently).
 
     Returns
     -------
     dict
-        ``{tag: values}`` for the wanted tags that are present, well-formed,
-        of an integer type and have at most 64 values; anything malformed is
-        left out (callers fall back to the TIFF defaults).
+        ``{tag: values}`` for the wanted tags that are present, well-formed
+        and of an integer type; anything malformed is left out (callers fall
+        back to the TIFF defaults).
     """
     n = len(tiff)
     if n < 8 or tiff[:2] not in (b"II", b"MM"):
@@ -375,32 +399,40 @@ def _tiff_ifd0(tiff: bytes, wanted: frozenset[int]) -> dict[int, tuple[int, ...]
     magic = struct.unpack_from(e + "H", tiff, 2)[0]
     if magic == 42:
         ifd = struct.unpack_from(e + "I", tiff, 4)[0]
-        count_fmt, entry_size, inline = "H", 12, 4
+        count_fmt, entry_size, inline, offset_fmt = "H", 12, 4, "I"
     elif magic == 43 and n >= 16:  # BigTIFF: 8-byte counts and offsets, 20-byte entries
         ifd = struct.unpack_from(e + "Q", tiff, 8)[0]
-        count_fmt, entry_size, inline = "Q", 20, 8
+        count_fmt, entry_size, inline, offset_fmt = "Q", 20, 8, "Q"
     else:
         return {}
+
+    def beyond(what: str) -> dict[int, tuple[int, ...]]:
+        if strict:
+            raise DecodeError("truncated", f"TIFF {what} lies beyond the end of the data ({n} bytes)")
+        return {}
+
     head = struct.calcsize(count_fmt)
     if ifd + head > n:
-        return {}
+        return beyond("first IFD")
     entries = struct.unpack_from(e + count_fmt, tiff, ifd)[0]
     found: dict[int, tuple[int, ...]] = {}
     for i in range(min(entries, 4096)):
         at = ifd + head + i * entry_size
         if at + entry_size > n:
+            beyond("first IFD")
             break
         tag, typ = struct.unpack_from(e + "HH", tiff, at)
         if tag not in wanted or typ not in _TIFF_TYPES:
             continue
-        count = struct.unpack_from(e + ("I" if inline == 4 else "Q"), tiff, at + 4)[0]
+        count = struct.unpack_from(e + offset_fmt, tiff, at + 4)[0]
         size, code = _TIFF_TYPES[typ]
-        if not 0 < count <= 64:
+        if not 0 < count <= max_values:
             continue
         value_at = at + 4 + inline
         if count * size > inline:  # values stored elsewhere; the field holds their offset
-            value_at = struct.unpack_from(e + ("I" if inline == 4 else "Q"), tiff, value_at)[0]
+            value_at = struct.unpack_from(e + offset_fmt, tiff, value_at)[0]
         if value_at + count * size > n:
+            beyond(f"tag {tag}")
             continue
         found[tag] = struct.unpack_from(f"{e}{count}{code}", tiff, value_at)
     return found
@@ -471,7 +503,7 @@ _JPEG_HIERARCHICAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
 # RST0-7 (restart markers live inside scans) or 0xFF (fill bytes; the regex
 # then matches at the last 0xFF of the run).
 _JPEG_SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
-_OPENCV_JPEG_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_OPENCV_RGB_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def _scan_jpeg(data: bytes, max_pixels: int) -> tuple[int, int, int]:
@@ -524,7 +556,9 @@ def _scan_jpeg(data: bytes, max_pixels: int) -> tuple[int, int, int]:
         if end < pos + 2:
             raise DecodeError("corrupt", f"JPEG segment 0xFF{marker:02X} at byte {pos - 2} has length < 2")
         if end > n:
-            raise DecodeError("truncated", f"JPEG segment 0xFF{marker:02X} at byte {pos - 2} runs past the end ({n} bytes)")
+            raise DecodeError(
+                "truncated", f"JPEG segment 0xFF{marker:02X} at byte {pos - 2} runs past the end ({n} bytes)"
+            )
         if marker in _JPEG_SOF and size is None:
             if end - pos < 8:
                 raise DecodeError("corrupt", "JPEG frame header (SOF) too short")
@@ -538,7 +572,7 @@ def _scan_jpeg(data: bytes, max_pixels: int) -> tuple[int, int, int]:
                 raise DecodeError("corrupt", f"JPEG frame header declares {width}x{height}")
             if components not in (1, 3, 4):
                 raise DecodeError("corrupt", f"JPEG with {components} components")
-            _check_cap(width, height, max_pixels, decoder_cap=_OPENCV_MAX_PIXELS)
+            _check_cap(width, height, max_pixels, opencv=True)
             size = (width, height)
         elif marker == 0xE1 and not exif_seen and data.startswith(b"Exif\x00\x00", pos + 2):
             exif_seen = True  # only the first Exif block counts (later ones are often thumbnails' or junk)
@@ -563,7 +597,7 @@ def _scan_jpeg(data: bytes, max_pixels: int) -> tuple[int, int, int]:
 def _decode_jpeg(data: bytes, max_pixels: int, background: tuple[int, int, int]) -> np.ndarray:
     """JPEG -> ``(H, W, 3)`` RGB ``uint8``, oriented.  ``background`` is unused (no alpha)."""
     width, height, orientation = _scan_jpeg(data, max_pixels)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_JPEG_FLAGS)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_RGB_FLAGS)
     if pixels is None:
         raise DecodeError("corrupt", "OpenCV (libjpeg-turbo) could not decode the JPEG data")
     if pixels.shape[:2] != (height, width):
@@ -617,7 +651,7 @@ def _scan_png(data: bytes, max_pixels: int) -> _PngInfo:
             f"invalid PNG header: bit depth {depth}, colour type {color}, "
             f"compression {compression}, filter {filter_}, interlace {interlace}",
         )
-    _check_cap(width, height, max_pixels, decoder_cap=_OPENCV_MAX_PIXELS)
+    _check_cap(width, height, max_pixels, opencv=True)
 
     view = memoryview(data)  # CRCs over slices of a memoryview copy nothing
     pos = 33
@@ -661,7 +695,7 @@ def _decode_png(data: bytes, max_pixels: int, background: tuple[int, int, int]) 
     needs_raw = info.bit_depth == 16 or info.color_type in (4, 6) or info.trns is not None
     if not needs_raw:
         # 8-bit (or less) opaque: libpng expands palette/gray/low bit depths to RGB itself.
-        pixels = cv2.imdecode(buf, _OPENCV_JPEG_FLAGS)
+        pixels = cv2.imdecode(buf, _OPENCV_RGB_FLAGS)
     else:
         # IMREAD_UNCHANGED keeps 16 bits and alpha (and ignores EXIF, which we apply).
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -669,7 +703,9 @@ def _decode_png(data: bytes, max_pixels: int, background: tuple[int, int, int]) 
     if pixels is None:
         raise DecodeError("corrupt", "OpenCV (libpng) could not decode the PNG data")
     if pixels.shape[:2] != (info.height, info.width):
-        raise DecodeError("corrupt", f"decoded {pixels.shape[1]}x{pixels.shape[0]}, header says {info.width}x{info.height}")
+        raise DecodeError(
+            "corrupt", f"decoded {pixels.shape[1]}x{pixels.shape[0]}, header says {info.width}x{info.height}"
+        )
     return _apply_orientation(pixels, info.orientation)
 
 
@@ -717,6 +753,9 @@ class PolicyMisconfigured(RuntimeError):
     """The process is configured so that the policy cannot hold (not a reject)."""
 
 
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _pillow_error(exc: BaseException, fmt: str) -> DecodeError:
     """Map an exception raised by Pillow to a reject."""
     if isinstance(exc, DecodeError):
@@ -725,13 +764,15 @@ def _pillow_error(exc: BaseException, fmt: str) -> DecodeError:
         return DecodeError("too_large", f"Pillow: {exc}")
     if isinstance(exc, MemoryError):
         return DecodeError("too_large", f"out of memory while decoding the {fmt}")
-    message = f"Pillow ({fmt}): {type(exc).__name__}: {exc}"
+    # Pillow names the file object (with its address) in some messages; keep details reproducible.
+    message = _OBJECT_ADDRESS.sub("<data>", f"Pillow ({fmt}): {type(exc).__name__}: {exc}")
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         return DecodeError("truncated", message)
     return DecodeError("corrupt", message)
 
 
-_TIFF_LAYOUT_TAGS = frozenset({258, 262, 277, 339})  # BitsPerSample, Photometric, SamplesPerPixel, SampleFormat
+# BitsPerSample, Photometric, SamplesPerPixel, SampleFormat; Strip/Tile offsets and byte counts.
+_TIFF_LAYOUT_TAGS = frozenset({258, 262, 277, 339, 273, 279, 324, 325})
 
 
 def _tiff_route(data: bytes) -> str:
@@ -742,15 +783,23 @@ def _tiff_route(data: bytes) -> str:
     OpenCV, which returns the 16-bit samples.  Other layouts (float, signed,
     32-bit, 16-bit CMYK, ...) have no 8-bit rule here: ``unsupported_format``.
     Decided before Pillow sees the file, so a float TIFF that Pillow cannot
-    even identify is still ``unsupported_format``, not ``corrupt``.
+    even identify is still ``unsupported_format``, not ``corrupt``; a first
+    IFD or strip/tile that lies beyond the data is ``truncated``.
     """
-    tags = _tiff_ifd0(data, _TIFF_LAYOUT_TAGS)
+    tags = _tiff_ifd0(data, _TIFF_LAYOUT_TAGS, max_values=1 << 20, strict=True)
+    for offsets_tag, counts_tag in ((273, 279), (324, 325)):
+        for offset, count in zip(tags.get(offsets_tag, ()), tags.get(counts_tag, ())):
+            if offset + count > len(data):
+                raise DecodeError(
+                    "truncated", f"a TIFF strip/tile ends at byte {offset + count}, beyond the data ({len(data)} bytes)"
+                )
     bits = tags.get(258, (1,))
     photometric = tags.get(262, (-1,))[0]
     samples = tags.get(277, (1,))[0]
     sample_format = tags.get(339, (1,))
     if any(f != 1 for f in sample_format):
-        raise DecodeError("unsupported_format", f"TIFF with non-unsigned-integer samples (SampleFormat {sample_format})")
+        detail = f"TIFF with non-unsigned-integer samples (SampleFormat {sample_format})"
+        raise DecodeError("unsupported_format", detail)
     if all(b in (1, 2, 4, 8) for b in bits):
         return "pillow"
     if all(b == 16 for b in bits):
@@ -763,10 +812,18 @@ def _tiff_route(data: bytes) -> str:
     )
 
 
-def _tiff_16bit_rgb(data: bytes, size: tuple[int, int], background: tuple[int, int, int]) -> np.ndarray:
-    """16-bit RGB(A) TIFF via OpenCV's libtiff reader, then the 16-bit and alpha rules."""
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    width, height = size
+def _tiff_16bit_rgb(data: bytes, background: tuple[int, int, int]) -> np.ndarray:
+    """16-bit RGB(A) TIFF via OpenCV's libtiff reader, then the 16-bit and alpha rules.
+
+    OpenCV's TIFF reader applies the orientation tag itself, even with
+    ``IMREAD_UNCHANGED | IMREAD_IGNORE_ORIENTATION`` (measured on 4.14 and
+    pinned by a test), so the result is already as displayed.
+    """
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    tags = _tiff_ifd0(data, frozenset({256, 257}))
+    width, height = tags.get(256, (-1,))[0], tags.get(257, (-1,))[0]
+    if _exif_orientation(data) >= 5:
+        width, height = height, width
     if raw is None or raw.ndim != 3 or raw.shape[:2] != (height, width) or raw.shape[2] not in (3, 4):
         raise DecodeError("corrupt", "OpenCV (libtiff) could not decode the 16-bit TIFF")
     if raw.dtype == np.uint16:
@@ -808,7 +865,17 @@ def _riff_exif(data: bytes) -> bytes | None:
     return None
 
 
+def _check_riff_size(data: bytes) -> None:
+    """WebP: the RIFF header states the file size; less data than that is truncated."""
+    declared = int.from_bytes(data[4:8], "little") + 8
+    if declared < 20:
+        raise DecodeError("corrupt", f"RIFF header declares {declared} bytes")
+    if len(data) < declared:
+        raise DecodeError("truncated", f"RIFF header declares {declared} bytes, data has {len(data)}")
+
+
 def _orientation_for(fmt: str, data: bytes) -> int:
+    """EXIF orientation of a Pillow-path file, read by this module."""
     if fmt == "tiff":
         return _exif_orientation(data)  # a TIFF file *is* the EXIF structure
     if fmt == "webp":
@@ -830,25 +897,34 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int, background: tuple[int
         # Pillow's hard DecompressionBombError still maps to too_large.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         route = _tiff_route(data) if fmt == "tiff" else "pillow"
+        if fmt == "webp":
+            _check_riff_size(data)
         try:
             # formats=[...]: Pillow tries exactly this plugin (never EPS/Ghostscript).
             im = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
         except Exception as exc:
             raise _pillow_error(exc, fmt) from None
         with im:
-            _check_cap(im.width, im.height, max_pixels, decoder_cap=_OPENCV_MAX_PIXELS if route == "opencv" else None)
+            _check_cap(im.width, im.height, max_pixels, opencv=route == "opencv")
+            orientation = _orientation_for(fmt, data)
             try:
                 if route == "opencv":
-                    pixels = _tiff_16bit_rgb(data, im.size, background)
+                    pixels = _tiff_16bit_rgb(data, background)
+                    orientation = 1  # applied by OpenCV's TIFF reader
                 else:
                     im.load()  # the first frame only: no seek()
                     pixels = _pil_to_rgb(im, background)
+                    if fmt == "tiff" and _ORIENTATION_TAG not in im.tag_v2:
+                        # Pillow's TIFF loader applies the orientation itself
+                        # (ImageOps.exif_transpose in load_end) and then deletes
+                        # the tag; apply ours only if it did not.
+                        orientation = 1
             except Exception as exc:
                 raise _pillow_error(exc, fmt) from None
     if caught:
         w = caught[0]
         raise DecodeError("corrupt", f"Pillow ({fmt}) warned: {w.category.__name__}: {w.message}")
-    return _apply_orientation(pixels, _orientation_for(fmt, data))
+    return _apply_orientation(pixels, orientation)
 
 
 def _decode_gif(data, max_pixels, background):
@@ -1154,7 +1230,8 @@ class IsolatedDecoder:
                 received = self._replies.recv_bytes_into(pixels.reshape(-1))
             except TimeoutError:
                 self._kill()
-                raise DecodeError("timeout", f"no answer from the decoder process within {self._timeout_s:g} s") from None
+                detail = f"no answer from the decoder process within {self._timeout_s:g} s"
+                raise DecodeError("timeout", detail) from None
             except (EOFError, OSError):
                 raise self._died() from None
             except (struct.error, IndexError, ValueError, BufferTooShort) as exc:  # a garbled reply
