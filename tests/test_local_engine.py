@@ -207,3 +207,28 @@ def test_cli_inspect_of_a_non_output_and_policy_exit_code(mixed_dir, spec_file, 
     assert "failed by policy" in capsys.readouterr().err
     assert cli.main(["inspect", str(tmp_path / "p")]) == 2
     assert "the last run failed" in capsys.readouterr().err
+
+
+def test_isolated_decoding_turns_hangs_and_crashes_into_rejects(subset_dir, spec_file, tmp_path, monkeypatch):
+    """decode.isolation: subprocess on the local engine: a hanging decoder and a decoder that kills
+    its process become `timeout` and `crashed` rejects; the shard and the job go on."""
+    from featurelib.decode import FAULT_ENV as DECODE_FAULT_ENV, FAULT_PREFIX
+
+    root = tmp_path / "in"
+    shutil.copytree(subset_dir, root)
+    (root / "3" / "hang.png").write_bytes(FAULT_PREFIX + b"hang")
+    (root / "3" / "segfault.png").write_bytes(FAULT_PREFIX + b"segfault")
+    (root / "4" / "exit.png").write_bytes(FAULT_PREFIX + b"exit")
+    monkeypatch.setenv(DECODE_FAULT_ENV, "1")  # decoder children honour the fault payloads
+    spec = spec_file(decode={"isolation": "subprocess", "timeout_s": 2}, failures={"max_reject_fraction": 0.05},
+                     output={"shards": 2})
+    run_spec(spec, root, tmp_path / "iso")
+    listed = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
+    rejected = assert_ledger(tmp_path / "iso", listed)
+    assert rejected == {"3/hang.png": "timeout", "3/segfault.png": "crashed", "4/exit.png": "crashed"}
+    # isolation changes nothing about the pixels: features equal those of in-process decoding
+    run_spec(spec_file(failures={"max_reject_fraction": 0.05}, output={"shards": 2}), root, tmp_path / "plain")
+    a, b = read_parquet(str(tmp_path / "iso")), read_parquet(str(tmp_path / "plain"))
+    assert a["keys"] == b["keys"]
+    for column in a["features"]:
+        np.testing.assert_array_equal(a["features"][column], b["features"][column])
