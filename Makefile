@@ -35,3 +35,11 @@ bench: install
 
 clean:
 	rm -rf out data .pytest_cache
+
+# A local Spark standalone cluster (master + workers on 127.0.0.1 and 127.0.0.2, free ports);
+# state and logs in spark-cluster/. Submit with: --master $(cat spark-cluster/master_url)
+.PHONY: spark-up spark-down
+spark-up: install
+	$(BIN)/python deploy/spark_standalone.py start
+spark-down:
+	$(BIN)/python deploy/spark_standalone.py stop

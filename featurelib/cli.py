@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from featurelib.errors import PolicyError, UserError
 
@@ -126,14 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "run":
         print(f"featurize: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return EXIT_USER
+    commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
+                "compare": lambda: _compare(args), "inspect": lambda: _inspect(args)}
+    return with_exit_codes(commands[args.command])
+
+
+def with_exit_codes(action: Callable[[], int | None]) -> int:
+    """Run `action`, turning featurelib's errors into the contract's exit codes and one message.
+
+    Shared by ``featurize``, ``python -m pipelines.extract_features`` and the Spark job.
+    """
     try:
-        if args.command == "run":
-            return _run(args, extra)
-        if args.command == "sample-data":
-            return _sample(args)
-        if args.command == "compare":
-            return _compare(args)
-        return _inspect(args)
+        return action() or EXIT_OK
     except UserError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
         return EXIT_USER

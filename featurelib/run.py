@@ -22,7 +22,7 @@ from typing import Any
 
 from featurelib import __version__
 from featurelib.compute import FeatureComputer, content_sha256
-from featurelib.errors import DecodeError, PolicyError, RecordError, SchemaError, UserError
+from featurelib.errors import DecodeError, PolicyError, RecordError, SchemaError
 from featurelib.io import files as layout
 from featurelib.io.shards import RejectRow, Row, ShardWriter
 from featurelib.schema import FORMAT_VERSION, OutputSchema

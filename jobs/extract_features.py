@@ -76,9 +76,8 @@ class SparkEngine(Engine):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """spark-submit entry point; same flags and exit codes as ``featurize run``."""
-    from featurelib.cli import EXIT_ERROR, EXIT_OK, EXIT_POLICY, EXIT_USER
+    from featurelib.cli import with_exit_codes
     from featurelib.driver import execute, format_summary
-    from featurelib.errors import PolicyError
     from featurelib.spec import RunSpec
 
     parser = argparse.ArgumentParser(prog="jobs/extract_features.py")
@@ -93,22 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     engine = None
-    try:
+
+    def run() -> None:
+        nonlocal engine
         spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards)
         spec.require_paths()
         engine = SparkEngine(master=args.master, conf=_conf_pairs(args.conf))
         report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
         print(format_summary(report.manifest, spec.output.path, report.seconds))
-        return EXIT_OK
-    except UserError as exc:
-        print(f"featurize: error: {exc}", file=sys.stderr)
-        return EXIT_USER
-    except PolicyError as exc:
-        print(f"featurize: failed by policy: {exc}", file=sys.stderr)
-        return EXIT_POLICY
-    except Exception as exc:
-        print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+
+    try:
+        return with_exit_codes(run)
     finally:
         if engine is not None and engine._spark is not None:
             engine._spark.stop()

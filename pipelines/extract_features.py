@@ -185,21 +185,9 @@ def _strip_own_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main() -> int:
-    from featurelib.cli import EXIT_ERROR, EXIT_POLICY, EXIT_USER
-    from featurelib.errors import UserError
+    from featurelib.cli import with_exit_codes
 
-    try:
-        run()
-    except UserError as exc:
-        print(f"featurize: error: {exc}", file=sys.stderr)
-        return EXIT_USER
-    except PolicyError as exc:
-        print(f"featurize: failed by policy: {exc}", file=sys.stderr)
-        return EXIT_POLICY
-    except Exception as exc:
-        print(f"featurize: failed: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+    return with_exit_codes(lambda: run() and None)
 
 
 if __name__ == "__main__":
