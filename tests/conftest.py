@@ -22,6 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # armed per test by writing the file (see arm_fault).
 FAULT_FILE = pathlib.Path(os.environ.setdefault(
     "FEATURELIB_FAULT_FILE", f"/tmp/featurelib-fault-{os.getpid()}.json"))
+# Isolated decoder children honour fault payloads (bytes starting FEATURELIB_TEST_FAULT:)
+# only with this set; worker pools (forkserver) capture the environment once, so set it now.
+os.environ["FEATURELIB_TEST_DECODE_FAULT"] = "1"
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 
@@ -208,17 +209,18 @@ def test_cli_inspect_of_a_non_output_and_policy_exit_code(mixed_dir, spec_file, 
     assert "the last run failed" in capsys.readouterr().err
 
 
-def test_isolated_decoding_turns_hangs_and_crashes_into_rejects(subset_dir, spec_file, tmp_path, monkeypatch):
+def test_isolated_decoding_turns_hangs_and_crashes_into_rejects(subset_dir, spec_file, tmp_path):
     """decode.isolation: subprocess on the local engine: a hanging decoder and a decoder that kills
     its process become `timeout` and `crashed` rejects; the shard and the job go on."""
     from featurelib.decode import FAULT_ENV as DECODE_FAULT_ENV, FAULT_PREFIX
+
+    assert os.environ[DECODE_FAULT_ENV] == "1"  # set by conftest before any worker pool starts
 
     root = tmp_path / "in"
     shutil.copytree(subset_dir, root)
     (root / "3" / "hang.png").write_bytes(FAULT_PREFIX + b"hang")
     (root / "3" / "segfault.png").write_bytes(FAULT_PREFIX + b"segfault")
     (root / "4" / "exit.png").write_bytes(FAULT_PREFIX + b"exit")
-    monkeypatch.setenv(DECODE_FAULT_ENV, "1")  # decoder children honour the fault payloads
     spec = spec_file(decode={"isolation": "subprocess", "timeout_s": 2}, failures={"max_reject_fraction": 0.05},
                      output={"shards": 2})
     run_spec(spec, root, tmp_path / "iso")
