@@ -124,6 +124,9 @@ class BeamEngine(Engine):
         """Process and commit inside the pipeline; the manifest on disk is the result."""
         if not tasks:  # every shard reused: nothing to schedule, commit here
             return finish([])
+        from featurelib.engines.local import set_worker_environment
+
+        set_worker_environment()  # multi-processing workers inherit it: no page-fault storm per image
         output = tasks[0].output
         try:
             with self.pipeline_factory() as pipeline:

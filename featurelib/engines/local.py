@@ -25,6 +25,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "1
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def set_worker_environment() -> None:
+    """Put the malloc and thread settings into this process's environment (unless the user set them),
+    so worker processes started from now on inherit them: the local pool, Beam's multi-processing
+    workers and anything else that starts workers from the driver's environment."""
+    for key, value in {**MALLOC_ENV, **THREAD_ENV}.items():
+        os.environ.setdefault(key, value)
+
+
 def worker_init() -> None:
     """Per-worker setup: single-threaded OpenCV (the pool already uses every core)."""
     import cv2
@@ -65,8 +73,7 @@ class LocalEngine(Engine):
         """
         if not items:
             return []
-        for key, value in {**MALLOC_ENV, **THREAD_ENV}.items():
-            os.environ.setdefault(key, value)
+        set_worker_environment()
         context = multiprocessing.get_context("forkserver")
         results: list[Any] = [None] * len(items)
         with concurrent.futures.ProcessPoolExecutor(
