@@ -102,6 +102,9 @@ class BeamEngine(Engine):
 
         if not items:
             return []
+        from featurelib.engines.local import set_worker_environment
+
+        set_worker_environment()
         with tempfile.TemporaryDirectory(prefix="featurelib-beam-") as scratch:
             target = os.path.join(scratch, "results.pickle")
 
