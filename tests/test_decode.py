@@ -834,10 +834,14 @@ def faulty_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def shared_isolated():
+    # Only the child's start sees the variable removed: a module-long removal would leak
+    # into every process started meanwhile (the multiprocessing forkserver is started once
+    # per test run and keeps the environment it was started with).
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(FAULT_ENV, raising=False)  # this child never honours faults
-        with IsolatedDecoder(timeout_s=20) as isolated:
-            yield isolated
+        isolated = IsolatedDecoder(timeout_s=20)
+    with isolated:
+        yield isolated
 
 
 def test_isolated_matches_in_process(bad_set, shared_isolated):
