@@ -48,7 +48,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -59,9 +58,11 @@ if ROOT not in sys.path:
 from benchmarks.bench_kernel import (  # noqa: E402
     TreeCpu,
     foreign_cores,
+    log,
     machine,
     photos_corpus,
     photos_spec,
+    scratch_dirs,
     wait_quiet,
 )
 
@@ -339,13 +340,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.spark_conf:
         os.environ[_SPARK_CONF_ENV] = json.dumps(dict(item.split("=", 1) for item in args.spark_conf))
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    scratch = tempfile.mkdtemp(prefix="featurelib-bench-engines-")
-    base = args.data or os.path.join(scratch, "data")
-    os.makedirs(base, exist_ok=True)
+    scratch, base = scratch_dirs("featurelib-bench-engines-", args.data)
     try:
         info = machine()
         warm, n_warm = photos_corpus(base, 1, log)

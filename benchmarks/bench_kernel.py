@@ -113,6 +113,19 @@ def photos_corpus(base: str, scale: int, log=print) -> tuple[str, int]:
     return root, summary.n_images
 
 
+def log(message: str) -> None:
+    """Progress goes to stderr; the figures go to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def scratch_dirs(prefix: str, data: str | None) -> tuple[str, str]:
+    """(temporary scratch folder, folder to build or reuse the corpora in)."""
+    scratch = tempfile.mkdtemp(prefix=prefix)
+    base = data or os.path.join(scratch, "data")
+    os.makedirs(base, exist_ok=True)
+    return scratch, base
+
+
 def machine() -> dict:
     model = "unknown"
     try:
@@ -505,13 +518,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-scaling", action="store_true", help="part 1 only")
     args = parser.parse_args(argv)
     _ensure_worker_env()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    scratch = tempfile.mkdtemp(prefix="featurelib-bench-kernel-")
-    base = args.data or os.path.join(scratch, "data")
-    os.makedirs(base, exist_ok=True)
+    scratch, base = scratch_dirs("featurelib-bench-kernel-", args.data)
     try:
         info = machine()
         data, n = photos_corpus(base, args.scale, log)

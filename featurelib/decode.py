@@ -116,6 +116,7 @@ that variable such payloads are just unreadable bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -1184,10 +1185,8 @@ class IsolatedDecoder:
         """The child is gone mid-request: reap it and build the reject."""
         proc = self._proc
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5.0)  # the pipe closes a moment before the exit status exists
-            except subprocess.TimeoutExpired:
-                pass
         return DecodeError("crashed", f"decoder process died: {self._kill()}")
 
     # -- public API --------------------------------------------------------
@@ -1262,10 +1261,8 @@ class IsolatedDecoder:
             if self._requests is not None:
                 self._requests.close()
                 self._requests = None
-            try:
-                proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                pass
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2.0)  # a clean exit first; killed below if it does not come
             self._kill()
 
     def __enter__(self) -> IsolatedDecoder:
@@ -1275,10 +1272,9 @@ class IsolatedDecoder:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown anything may already be gone; never raise from __del__.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __reduce__(self):
         raise TypeError("IsolatedDecoder owns a child process and cannot be pickled; create it inside the worker")

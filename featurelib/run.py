@@ -11,6 +11,7 @@ finally ``_manifest.json``, the commit point.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -304,10 +305,8 @@ def _versions() -> dict[str, str]:
 
     out = {"featurelib": __version__, "python": platform.python_version()}
     for package in ("numpy", "opencv-python-headless", "pillow", "pyarrow", "h5py", "scikit-image"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):  # optional packages
             out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

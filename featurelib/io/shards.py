@@ -9,6 +9,7 @@ under a temporary name and renamed into place by :meth:`ShardWriter.close`;
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -201,12 +202,9 @@ class ShardWriter:
     def abort(self) -> None:
         """Close what is open and delete every temporary file (nothing partial stays visible)."""
         for sink in self.sinks:
-            try:
+            # Already failing: cleaning up matters more than a second error from close().
+            with contextlib.suppress(Exception):
                 sink.close()
-            except Exception:  # already failing: cleaning up matters more than this error
-                pass
         for path in self.temps.values():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-            except FileNotFoundError:
-                pass
