@@ -2,7 +2,11 @@
 
 One package installs the library (`featurelib`), the Beam glue (`pipelines`)
 and the Spark glue (`jobs`). Pins are ranges known to install together on
-Python 3.11 (see ../shared/design/STACK.md); each says why it is bounded.
+Python 3.11; each says why it is bounded.
+
+Engines other than the built-in ``local`` are found through the ``featurelib.engines``
+entry-point group, each naming the extra it needs: without that extra,
+``featurize run --engine beam`` exits 2 naming ``pip install 'featurelib[beam]'``.
 """
 
 from setuptools import find_packages, setup
@@ -36,5 +40,11 @@ setup(
     packages=find_packages(include=["featurelib", "featurelib.*", "pipelines", "pipelines.*", "jobs", "jobs.*"]),
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["featurize=featurelib.cli:main"]},
+    entry_points={
+        "console_scripts": ["featurize=featurelib.cli:main"],
+        "featurelib.engines": [
+            "beam = pipelines.extract_features:BeamEngine [beam]",
+            "spark = jobs.extract_features:SparkEngine [spark]",
+        ],
+    },
 )

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_kernel.py [--scale K] [--repeats R] [--data DIR] [--json OUT]
 
-Part 1, kernel: :func:`featurelib.run.process_shard` runs one task over the
+Part 1, kernel: :func:`featurelib.shard.process_shard` runs one task over the
 whole ``photos`` sample (scale ``K``: ``120 * K`` JPEGs, 500x375 and
 2000x1500) in this process, one thread, output (Parquet + HDF5) to a temporary
 folder. The baseline, measured in the same run and interleaved with it, is a
@@ -27,7 +27,15 @@ sees). Part 1's img/s per core divide by the process's CPU time (one thread:
 OpenCV is set to one thread, as in every engine worker), with wall-clock img/s
 printed next to them; part 2 is wall clock by nature. The process re-executes
 itself once with the glibc malloc settings the engines give their workers
-(``featurelib.engines.local.MALLOC_ENV``) and one native thread.
+(``featurelib.worker.environment``) and one native thread. The kernel's time
+includes the dataset statistics it folds in as it writes (``stats_s`` in its
+metrics, reported as a share of the kernel's time).
+
+Part 3, batching: a stand-in network (a float32 matrix product, 64x64x3 pixels
+to 512 values) declared as a batched extractor handler; the kernel's extraction
+path (:meth:`featurelib.compute.FeatureComputer.extract`: bounded batches,
+stacking, shape and finiteness checks) against calling the same function once
+on the whole (N, 64, 64, 3) array, alternated, CPU time.
 """
 
 from __future__ import annotations
@@ -56,9 +64,9 @@ _REEXEC_MARK = "FEATURELIB_BENCH_REEXEC"
 
 def _ensure_worker_env() -> None:
     """Re-execute with the environment every engine gives its workers (read by glibc at start-up)."""
-    from featurelib.engines.local import MALLOC_ENV, THREAD_ENV
+    from featurelib import worker
 
-    wanted = {**MALLOC_ENV, **THREAD_ENV}
+    wanted = worker.environment(worker.WorkerSettings(threads=1))
     if os.environ.get(_REEXEC_MARK) or all(os.environ.get(k) == v for k, v in wanted.items()):
         return
     env = {**os.environ, **wanted, _REEXEC_MARK: "1"}
@@ -352,24 +360,30 @@ def plain_loop(paths: list[str], npy_path: str):
 
 def bench_columns(task, repeats: int) -> dict:
     """CPU ms per image of each feature column: featurelib's extractor vs the loop's version."""
-    from featurelib.run import worker_state
+    import cv2
+    import numpy as np
 
-    state = worker_state(task.spec_json)
-    computer, decoder = state["computer"], state["decoder"]
+    from featurelib.shard import shard_state
+
+    state, _ = shard_state(task)
+    computer, decoder = state.computer, state.decoder
     images = []
     for record in sorted(task.records, key=lambda r: r.source_key):
         with open(record.uri.removeprefix("file://"), "rb") as handle:
             images.append(computer.preprocess(decoder(handle.read()).pixels))
+    stacks = {"rgb": np.stack(images), "gray": np.stack([cv2.cvtColor(i, cv2.COLOR_RGB2GRAY) for i in images])}
     plain = plain_columns()
     out = {}
-    for column, extractor in zip(computer.columns, computer.extractors):
+    for column, handler, view in zip(computer.columns, computer.handlers, computer.views):
         times = {"kernel": [], "plain": []}
         for _ in range(repeats):
-            for side, function in (("kernel", extractor), ("plain", plain[column][1])):
-                c0 = time.process_time()
-                for image in images:
-                    function(image)
-                times[side].append((time.process_time() - c0) * 1e3 / len(images))
+            c0 = time.process_time()
+            handler.extract_batch(stacks[view])  # the handler over the whole batch, as the kernel calls it
+            times["kernel"].append((time.process_time() - c0) * 1e3 / len(images))
+            c0 = time.process_time()
+            for image in images:
+                plain[column][1](image)
+            times["plain"].append((time.process_time() - c0) * 1e3 / len(images))
         out[column] = {side: round(median(v), 3) for side, v in times.items()}
     return out
 
@@ -394,10 +408,11 @@ def check_same_work(output: str, task, plain_rows) -> dict:
 
 
 def bench_kernel(data: str, n_images: int, repeats: int, scratch: str, log) -> dict:
-    from featurelib.engines.local import worker_init
-    from featurelib.run import plan, process_shard
+    from featurelib import worker
+    from featurelib.plan import plan
+    from featurelib.shard import process_shard
 
-    worker_init()  # cv2.setNumThreads(1): one core, as in every engine's worker
+    worker.setup(worker.WorkerSettings(threads=1))  # one core, as in every engine's worker
     output = os.path.join(scratch, "kernel-out")
     os.makedirs(output, exist_ok=True)
     spec = photos_spec(data, output, shards=1)
@@ -428,11 +443,13 @@ def bench_kernel(data: str, n_images: int, repeats: int, scratch: str, log) -> d
             f"({n_images / kernel_s[-1]:.1f} wall), plain loop {n_images / plain_cpu[-1]:.1f} "
             f"({n_images / plain_s[-1]:.1f} wall)")
     columns = bench_columns(task, repeats)
-    stage_names = ("read_s", "decode_s", "preprocess_s", "augment_s", "extract_s", "write_s")
+    stage_names = ("read_s", "decode_s", "preprocess_s", "augment_s", "extract_s", "stats_s", "write_s")
     kernel_ms = {k: median([m.get(k, 0.0) for m in kernel_metrics]) * 1e3 / n_images for k in stage_names}
     kernel_ms["other_s"] = median([m["seconds"] - sum(m.get(k, 0.0) for k in stage_names)
                                    for m in kernel_metrics]) * 1e3 / n_images
-    plain_ms = {k: median([s[k] for s in plain_stages]) * 1e3 / n_images for k in stage_names if k != "augment_s"}
+    plain_ms = {k: median([s[k] for s in plain_stages]) * 1e3 / n_images for k in stage_names
+                if k not in ("augment_s", "stats_s")}
+    stats_share = median([m.get("stats_s", 0.0) / m["seconds"] for m in kernel_metrics])
     paired = median([p / c for c, p in zip(kernel_cpu, plain_cpu)])  # kernel img/s / plain img/s, per repeat
     paired_wall = median([p / c for c, p in zip(kernel_s, plain_s)])
     k_ips, p_ips = n_images / median(kernel_cpu), n_images / median(plain_cpu)
@@ -455,10 +472,79 @@ def bench_kernel(data: str, n_images: int, repeats: int, scratch: str, log) -> d
         "kernel_runs_wall_s": [round(x, 3) for x in kernel_s],
         "plain_runs_wall_s": [round(x, 3) for x in plain_s],
         "max_abs_diff_kernel_vs_plain": diffs,
+        "stats_share_of_kernel_time": round(stats_share, 4),
         "foreign_cores_runs": [round(x, 2) for x in foreign],
         "extract_cpu_ms_per_image_by_column": columns,
         "plain_loop_writes": "one .npy of the (n, 265) float32 features per pass",
     }
+
+
+# --- part 3: a batched extractor through the kernel vs one call on the whole array -------
+
+
+class _MatmulHandler:
+    """Stand-in for a network: (N, 64, 64, 3) uint8 -> (N, 512) float32 through one matrix product."""
+
+    batch_size = 64
+
+    def load(self, params, artifacts):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        self.weights = (rng.standard_normal((64 * 64 * 3, 512)) / 64.0).astype(np.float32)
+
+    def extract_batch(self, images):
+        import numpy as np
+
+        return (images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 255)) @ self.weights
+
+    def close(self):
+        pass
+
+
+def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1024) -> dict:
+    """Kernel extraction path (bounded batches of 64) vs the same function once on the whole array."""
+    import cv2
+    import numpy as np
+
+    from featurelib import registry
+    from featurelib.compute import FeatureComputer
+    from featurelib.spec import RunSpec
+
+    registry.register(registry.ExtractorDef(
+        name="bench_matmul", version=1, defaults={}, check=registry.no_params,
+        dim=lambda params, size: 512, handler=_MatmulHandler))
+    spec = RunSpec.from_dict({"features": [{"name": "bench_matmul"}], "image": {"size": [64, 64]},
+                              "input": {"path": data}, "output": {"path": os.path.join(scratch, "unused")}})
+    computer = FeatureComputer(spec)
+    paths = sorted(glob.glob(os.path.join(data, "*", "*.jpg")))
+    images = []
+    while len(images) < n_images:
+        for path in paths[: n_images - len(images)]:
+            images.append(cv2.resize(cv2.imread(path)[:, :, ::-1], (64, 64), interpolation=cv2.INTER_AREA))
+    whole = np.stack(images)
+    handler = computer.handlers[0]
+    kernel_out = np.stack([r[0] for r in computer.extract(images)])
+    np.testing.assert_allclose(kernel_out, handler.extract_batch(whole), rtol=1e-5, atol=1e-5)
+    kernel_cpu, whole_cpu = [], []
+    for rep in range(repeats):
+        wait_quiet(log)
+        for side in ("kernel", "whole") if rep % 2 == 0 else ("whole", "kernel"):
+            c0 = time.process_time()
+            if side == "kernel":
+                computer.extract(images)
+                kernel_cpu.append(time.process_time() - c0)
+            else:
+                handler.extract_batch(whole)
+                whole_cpu.append(time.process_time() - c0)
+        log(f"  repeat {rep + 1}/{repeats}: kernel {n_images / kernel_cpu[-1]:.0f} img/s per CPU-s, "
+            f"one call {n_images / whole_cpu[-1]:.0f}")
+    ratios = [w / k for k, w in zip(kernel_cpu, whole_cpu)]
+    return {"images": n_images, "batch_size": computer.batch_size, "repeats": repeats,
+            "kernel_img_s": round(n_images / median(kernel_cpu), 1),
+            "one_call_img_s": round(n_images / median(whole_cpu), 1),
+            "ratio_kernel_over_one_call": round(median(ratios), 3),
+            "ratio_runs": [round(r, 3) for r in ratios]}
 
 
 # --- part 2: local engine, 1 vs 2 workers ---------------------------------------------
@@ -524,6 +610,8 @@ def main(argv=None) -> int:
         data, n = photos_corpus(base, args.scale, log)
         log(f"kernel vs plain loop on {n} images, {args.repeats} repeats")
         kernel = bench_kernel(data, n, args.repeats, scratch, log)
+        log(f"batched extractor through the kernel vs one call, {args.repeats} repeats")
+        batching = bench_batching(data, args.repeats, scratch, log)
         scaling = None
         if not args.skip_scaling:
             data4, n4 = photos_corpus(base, 4 * args.scale, log)
@@ -535,7 +623,7 @@ def main(argv=None) -> int:
 
     command = "python benchmarks/bench_kernel.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"benchmark": "bench_kernel", "command": command.strip(), "machine": info,
-              "kernel": kernel, "scaling": scaling}
+              "kernel": kernel, "batching": batching, "scaling": scaling}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
@@ -569,7 +657,17 @@ def format_report(report: dict) -> str:
         f"  cores used by other processes during the repeats: {k['foreign_cores_runs']}",
         "  same work: max |kernel - plain| " + ", ".join(f"{c} {v:.2g}" for c, v in
                                                        k["max_abs_diff_kernel_vs_plain"].items()),
+        f"  dataset statistics: {100 * k['stats_share_of_kernel_time']:.2f}% of the kernel's time",
     ]
+    b = report.get("batching")
+    if b:
+        lines += [
+            "",
+            (f"batched extractor (matrix product, 64x64x3 -> 512) through the kernel (batches of "
+             f"{b['batch_size']}) vs one call on all {b['images']} images, CPU time, median of {b['repeats']}:"),
+            f"  kernel {b['kernel_img_s']:.0f} img/s, one call {b['one_call_img_s']:.0f} img/s, "
+            f"ratio {b['ratio_kernel_over_one_call']:.3f} (per repeat {b['ratio_runs']})",
+        ]
     if s:
         lines += [
             "",

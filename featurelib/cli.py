@@ -1,11 +1,12 @@
-"""``featurize``: the command line (CONTRACT.md, "Command line").
+"""``featurize``: the command line (docs/CONTRACT.md, "Command line").
 
     featurize sample-data digits data/digits
-    featurize run --engine local --spec spec.yaml --input data/digits --output out/digits
+    featurize run --spec spec.yaml --input data/digits --output out/digits [--engine local|beam|spark]
     featurize inspect out/digits
 
-Exit codes: 0 done; 2 the user's mistake (spec, arguments, input, output);
-3 failed by policy (error budget); 1 anything else.
+Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
+arguments, input, output); 3 failed by policy (error budget); 130 interrupted;
+1 anything else.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from featurelib.errors import PolicyError, UserError
-
-EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY = 0, 1, 2, 3
+from featurelib.errors import UserError
+from featurelib.exits import EXIT_ERROR, EXIT_OK, EXIT_USER, with_exit_codes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="overrides input.path")
     run.add_argument("--output", help="overrides output.path")
     run.add_argument("--shards", type=int, help="overrides output.shards")
-    run.add_argument("--engine", choices=("local", "beam", "spark"), default="beam")
+    run.add_argument("--engine", default="local",
+                     help="local (default, a process pool), beam or spark (each needs its extra)")
+    run.add_argument("--threads-per-worker", type=int, default=None,
+                     help="native threads per worker process (overrides execution.threads_per_worker)")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="images per extractor call (overrides execution.batch_size)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
     mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
@@ -64,10 +69,15 @@ def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
     from featurelib.engines import get_engine
     from featurelib.spec import RunSpec
 
-    spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards)
+    spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards,
+                                                       threads_per_worker=args.threads_per_worker,
+                                                       batch_size=args.batch_size)
     spec.require_paths()
     engine = get_engine(args.engine, engine_argv)
-    report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
+    try:
+        report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        engine.close()
     print(format_summary(report.manifest, spec.output.path, report.seconds))
     return EXIT_OK
 
@@ -129,26 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args)}
     return with_exit_codes(commands[args.command])
-
-
-def with_exit_codes(action: Callable[[], int | None]) -> int:
-    """Run `action`, turning featurelib's errors into the contract's exit codes and one message.
-
-    Shared by ``featurize``, ``python -m pipelines.extract_features`` and the Spark job.
-    """
-    try:
-        return action() or EXIT_OK
-    except UserError as exc:
-        print(f"featurize: error: {exc}", file=sys.stderr)
-        return EXIT_USER
-    except PolicyError as exc:
-        print(f"featurize: failed by policy: {exc}", file=sys.stderr)
-        return EXIT_POLICY
-    except KeyboardInterrupt:
-        return EXIT_ERROR
-    except Exception as exc:
-        print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
 
 
 if __name__ == "__main__":

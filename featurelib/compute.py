@@ -1,20 +1,25 @@
-"""FeatureComputer: decode -> preprocess -> augment -> extract, for one source image.
+"""FeatureComputer: preprocess -> augment -> extract, for one spec in one worker process.
 
-Built once per worker process per spec (see :func:`featurelib.run.worker_state`);
-everything here is deterministic given the spec and the input bytes.
+Built once per worker process per spec (see :func:`featurelib.shard.shard_state`):
+it holds the loaded extractor handlers. Everything here is deterministic given
+the spec, the fitted artefacts and the input pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 
 from featurelib import registry, transforms
-from featurelib.errors import RecordError
+from featurelib.contract import variant_key
 from featurelib.spec import RunSpec
+
+#: Failures that are never about one record: they fail the task (and the run), not the image.
+FATAL = (MemoryError, ImportError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +31,30 @@ class Variant:
     image: np.ndarray  # (H, W, 3) uint8 at spec.image.size
 
 
-def variant_key(source_key: str, aug_index: int) -> str:
-    """``source_key`` for the original, ``f"{source_key}#aug{n}"`` for variant n >= 1."""
-    return source_key if aug_index == 0 else f"{source_key}#aug{aug_index}"
+@dataclasses.dataclass(frozen=True)
+class ExtractFailure:
+    """Why one image got no features: an extractor raised (``error``), or broke its contract."""
+
+    column: str
+    reason: str  # extract_failed | non_finite
+    detail: str
+    error: BaseException | None = None
 
 
 def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def preprocess(spec: RunSpec, pixels: np.ndarray) -> np.ndarray:
+    """Bring a decoded (h, w, 3) uint8 image to the spec's ``image.size``, resize mode and interpolation.
+
+    Returns
+    -------
+    (H, W, 3) uint8 ndarray, ``(H, W) = image.size``.
+    """
+    image = spec.image
+    return transforms.resize_image(pixels, image.size, mode=image.resize,
+                                   interpolation=image.interpolation, fill=spec.decode.background)
 
 
 class FeatureComputer:
@@ -41,19 +63,34 @@ class FeatureComputer:
     Parameters
     ----------
     spec : RunSpec
+    artifacts : mapping, optional
+        ``{column: {what: bytes}}`` of the artefacts fitted by pre-passes.
     """
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, artifacts: Mapping[str, Mapping[str, bytes]] | None = None) -> None:
+        artifacts = artifacts or {}
         self.spec = spec
-        self.extractors = [registry.get(f.name).build(f.params) for f in spec.features]
-        self.dims = [dim for _, dim in spec.feature_dims()]
         self.columns = [f.column for f in spec.features]
+        definitions = [registry.get(f.name) for f in spec.features]
+        self.views = [d.view for d in definitions]
+        self.dims = [dim for _, dim in spec.feature_dims()]
+        self.handlers: list[registry.Handler] = []
+        try:
+            for feature, definition in zip(spec.features, definitions):
+                self.handlers.append(definition.build(feature.params, artifacts.get(feature.column, {})))
+        except BaseException:
+            self.close()
+            raise
+        preferred = min((h.batch_size for h in self.handlers), default=registry.PER_IMAGE_BATCH)
+        self.batch_size = max(1, spec.execution.batch_size or preferred)
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            handler.close()
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        """Bring a decoded (h, w, 3) uint8 image to ``image.size``."""
-        image = self.spec.image
-        return transforms.resize_image(pixels, image.size, mode=image.resize,
-                                       interpolation=image.interpolation, fill=self.spec.decode.background)
+        """Bring a decoded (h, w, 3) uint8 image to ``image.size`` (see :func:`preprocess`)."""
+        return preprocess(self.spec, pixels)
 
     def variants(self, image: np.ndarray, source_key: str, split: str) -> list[Variant]:
         """The original and, for sources in ``augment.splits``, ``augment.copies`` variants.
@@ -69,31 +106,67 @@ class FeatureComputer:
                 out.append(Variant(n, key, transforms.augment_image(image, augment.ops, rng)))
         return out
 
-    def extract(self, image: np.ndarray) -> list[np.ndarray]:
-        """Every feature column of one preprocessed image.
+    def extract(self, images: Sequence[np.ndarray]) -> list[list[np.ndarray] | ExtractFailure]:
+        """Every feature column of each preprocessed image, in bounded batches.
+
+        Parameters
+        ----------
+        images : sequence of (H, W, 3) uint8 ndarrays at ``image.size``
 
         Returns
         -------
-        list of (D_c,) float32 ndarrays, in spec order.
+        One entry per image: its (D_c,) float32 vectors in spec order, or the
+        first :class:`ExtractFailure` it met.
 
         Raises
         ------
-        RecordError
-            ``extract_failed`` if an extractor raises or breaks its declared shape;
-            ``non_finite`` if it returns NaN or infinity.
+        MemoryError, ImportError
+            Never about one image: they fail the task.
         """
-        out: list[np.ndarray] = []
-        for column, extractor, dim in zip(self.columns, self.extractors, self.dims):
-            try:
-                vector = np.asarray(extractor(image), dtype=np.float32).reshape(-1)
-            except Exception as exc:  # any extractor bug is one reject, not a dead job
-                raise RecordError("extract_failed", f"{column}: {type(exc).__name__}: {exc}") from None
-            if vector.shape != (dim,):
-                raise RecordError("extract_failed", f"{column}: returned {vector.shape[0]} values, declared {dim}")
-            if not np.isfinite(vector).all():
-                raise RecordError("non_finite", f"{column}: NaN or infinity in the output")
-            out.append(vector)
+        out: list[list[np.ndarray] | ExtractFailure] = []
+        for start in range(0, len(images), self.batch_size):
+            out.extend(self._extract_batch(images[start : start + self.batch_size]))
         return out
 
-    def info(self) -> dict[str, Any]:
-        return {"columns": self.columns, "dims": self.dims}
+    def _extract_batch(self, images: Sequence[np.ndarray]) -> list[list[np.ndarray] | ExtractFailure]:
+        n = len(images)
+        stacks = {"rgb": np.stack(images)}
+        if "gray" in self.views:  # one conversion per image, shared by every grayscale descriptor
+            stacks["gray"] = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in images])
+        results: list[list[np.ndarray] | ExtractFailure] = [[] for _ in range(n)]
+        for column, handler, view, dim in zip(self.columns, self.handlers, self.views, self.dims):
+            alive = [i for i in range(n) if not isinstance(results[i], ExtractFailure)]
+            if not alive:
+                break
+            batch = stacks[view] if len(alive) == n else stacks[view][alive]
+            try:
+                matrix = _checked(handler.extract_batch(batch), len(alive), dim)
+                rows = {i: matrix[j] for j, i in enumerate(alive)}
+            except FATAL:
+                raise
+            except Exception:  # one bad image must cost one reject: retry image by image
+                rows = {}
+                for j, i in enumerate(alive):
+                    try:
+                        rows[i] = _checked(handler.extract_batch(batch[j : j + 1]), 1, dim)[0]
+                    except FATAL:
+                        raise
+                    except Exception as exc:
+                        results[i] = ExtractFailure(column, "extract_failed", f"{column}: {type(exc).__name__}: {exc}",
+                                                    exc)
+            for i, vector in rows.items():
+                if not np.isfinite(vector).all():
+                    results[i] = ExtractFailure(column, "non_finite", f"{column}: NaN or infinity in the output")
+                else:
+                    results[i].append(vector)
+        return results
+
+
+def _checked(matrix: np.ndarray, n: int, dim: int) -> np.ndarray:
+    """`matrix` as (n, dim) float32, or ValueError naming what the handler returned instead."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim == 1 and n == 1:
+        matrix = matrix[None, :]
+    if matrix.shape != (n, dim):
+        raise ValueError(f"returned shape {matrix.shape}, declared ({n}, {dim})")
+    return matrix.astype(np.float32, copy=False)

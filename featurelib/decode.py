@@ -138,6 +138,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile
 
+from featurelib.contract import DEFAULT_MAX_PIXELS  # Pillow's MAX_IMAGE_PIXELS; one home for it
 from featurelib.errors import REASONS, DecodeError
 
 __all__ = [
@@ -153,8 +154,6 @@ __all__ = [
 
 #: Bump whenever decoded pixels (or which inputs are rejected) could change.
 DECODE_POLICY_VERSION: int = 1
-#: Default pixel cap; equal to Pillow's default ``MAX_IMAGE_PIXELS``.
-DEFAULT_MAX_PIXELS: int = 89_478_485
 #: Formats that decode; anything else recognised is ``unsupported_format``.
 ALLOWED_FORMATS: tuple[str, ...] = ("jpeg", "png", "bmp", "gif", "tiff", "webp")
 

@@ -1,13 +1,18 @@
-"""The driver side of a run: check the output, plan, hand tasks to an engine, commit.
+"""The driver side of a run: check the output, plan, run the passes on an engine, commit.
 
-:func:`execute` is what ``featurize run`` calls for every engine; an engine
-only decides *where* shard tasks run (see :mod:`featurelib.engines.base`).
+:func:`execute` is what ``featurize run`` (and the Beam and Spark entry points)
+call for every engine. A run is a list of passes over the same shard tasks,
+each mapped by the engine (:meth:`featurelib.engines.base.Engine.map`): the
+pre-passes (content dedup, artefact samples: :mod:`featurelib.passes`), then
+the main pass (:func:`featurelib.shard.process_shard`); the driver merges their
+results in shard order and commits (:func:`featurelib.commit.commit`), the same
+way on every engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import os
 import shutil
 import sys
@@ -17,42 +22,47 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from featurelib import worker
+from featurelib.commit import commit, remove_work, write_failed
 from featurelib.errors import PolicyError, UserError
 from featurelib.io import files as layout
-from featurelib.run import (ShardResult, ShardTask, apply_dedup, commit, hash_shard, plan,
-                            resolve_paths, write_failed)
+from featurelib.passes import apply_dedup, check_saved_artifacts, hash_shard, prepare_artifacts
+from featurelib.plan import ShardTask, plan, resolve_paths
+from featurelib.shard import ShardResult, process_shard
 from featurelib.spec import RunSpec
-
-_LAYOUT_ENTRIES = ("_manifest.json", "_FAILED.json", "parquet", "hdf5", "rejects", "stats.json", "artifacts")
 
 
 def existing_run_fingerprint(root: str) -> str | None:
-    """The run fingerprint of whatever featurelib output is in `root` (None if none)."""
-    import json
+    """The spec's part of the run fingerprint of whatever featurelib output is in `root` (None if none).
 
+    The spec's part is what ``--resume`` compares: it is known before any pass,
+    while the final fingerprint also holds the hashes of fitted artefacts.
+    """
     for name in (layout.MANIFEST, layout.FAILED):
         path = os.path.join(root, name)
         if os.path.exists(path):
             try:
                 with open(path, encoding="utf-8") as handle:
-                    return json.load(handle).get("run_fingerprint")
+                    document = json.load(handle)
             except (OSError, ValueError):
                 return "unreadable"
+            return document.get("spec_fingerprints", {}).get("run") or document.get("run_fingerprint")
     folder = os.path.join(root, "parquet")
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".parquet") and not name.startswith("."):
                 try:
                     meta = pq.read_schema(os.path.join(folder, name)).metadata or {}
-                    return meta.get(b"featurelib.run_fingerprint", b"unreadable").decode()
-                except Exception:
+                except Exception:  # an unreadable shard: not a run this spec can resume
                     return "unreadable"
+                found = meta.get(b"featurelib.spec_run_fingerprint") or meta.get(b"featurelib.run_fingerprint")
+                return (found or b"unreadable").decode()
     return None
 
 
 def _clear_layout(root: str) -> None:
     """Delete featurelib's own entries under `root` (never anything else)."""
-    for name in _LAYOUT_ENTRIES:
+    for name in layout.LAYOUT_ENTRIES:
         path = os.path.join(root, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -70,7 +80,7 @@ def _remove_temporaries(root: str) -> None:
 def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overwrite: bool) -> set[int]:
     """Make the output ready; return the shards a resumed run can reuse.
 
-    Rules (CONTRACT.md): an output holding a run with another run fingerprint is
+    Rules (docs/CONTRACT.md): an output holding a run with another run fingerprint is
     refused unless ``overwrite``; ``resume`` keeps the complete shards of the
     same run; otherwise the same run is rewritten from scratch (deterministic
     names: a rerun overwrites, never duplicates). Only featurelib's own entries
@@ -88,11 +98,11 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
         raise UserError(f"output {root!r} exists and is not a folder")
     found = existing_run_fingerprint(root) if os.path.isdir(root) else None
     if os.path.isdir(root) and found is None:
-        foreign = sorted(n for n in os.listdir(root) if n not in _LAYOUT_ENTRIES)
+        foreign = sorted(n for n in os.listdir(root) if n not in layout.LAYOUT_ENTRIES)
         if foreign:
             raise UserError(f"output folder {root!r} is not empty and holds no featurelib run "
                             f"(found {foreign[:3]}); choose an empty or new folder")
-    wanted = spec.run_fingerprint()
+    wanted = spec.run_fingerprint()  # the spec's part: artefacts are not fitted yet
     if found is not None and found != wanted and not overwrite:
         raise UserError(f"output {root!r} holds a different run (run_fingerprint {found[:12]}..., this spec "
                         f"{wanted[:12]}...); pass --overwrite to replace it, or choose another --output")
@@ -107,17 +117,19 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
     if not resume or found != wanted:
         _clear_layout(root)
         return set()
-    # Resume: no stale commit point, no temporaries; keep complete shards of this run.
-    for name in (layout.MANIFEST, layout.FAILED):
+    # Resume: no stale commit point, scratch or temporaries; keep the complete shards of
+    # this run and its fitted artefacts (a resumed run never refits).
+    for name in (layout.MANIFEST, layout.FAILED, layout.STATS):
         if os.path.exists(os.path.join(root, name)):
             os.remove(os.path.join(root, name))
+    remove_work(root)
     _remove_temporaries(root)
     n_shards = tasks[0].n_shards
-    expected = {t.shard: [layout.shard_relpath(k, t.shard, n_shards) for k in (*spec.output.formats, "rejects")]
-                for t in tasks}
+    kinds = layout.shard_kinds(spec.output.formats)
+    expected = {t.shard: [layout.shard_relpath(k, t.shard, n_shards) for k in kinds] for t in tasks}
     keep = {s for s, paths in expected.items() if all(os.path.exists(os.path.join(root, p)) for p in paths)}
     wanted_paths = {p for s in keep for p in expected[s]}
-    for kind in ("parquet", "hdf5", "rejects"):
+    for kind in ("parquet", "hdf5", "stats", "rejects"):
         folder = os.path.join(root, kind)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -128,30 +140,23 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
 
 def reused_result(spec: RunSpec, task: ShardTask) -> ShardResult:
     """Rebuild a kept shard's result from its files on disk (resume)."""
+    from featurelib.contract import H5_FEATURES
+
     infos = []
-    for kind in (*spec.output.formats, "rejects"):
+    for kind in layout.shard_kinds(spec.output.formats):
         rel = layout.shard_relpath(kind, task.shard, task.n_shards)
         path = os.path.join(spec.output.path, rel)
         if kind == "hdf5":
             import h5py
 
             with h5py.File(path, "r") as h5:
-                rows = int(h5["features"].shape[0])
+                rows = int(h5[H5_FEATURES].shape[0])
+        elif kind == "stats":
+            rows = 0
         else:
             rows = pq.ParquetFile(path).metadata.num_rows
         infos.append(layout.FileInfo.of(spec.output.path, rel, kind=kind, shard=task.shard, rows=rows).to_json())
     return ShardResult(task.shard, tuple(infos), {"reused": True})
-
-
-def finish(all_tasks: list[ShardTask], reused: list[ShardResult], engine: str, started: float,
-           results: list[ShardResult]) -> dict[str, Any]:
-    """Commit step shared by every engine: merge fresh and reused results, then :func:`commit`."""
-    combined = sorted([*results, *reused], key=lambda r: r.shard)
-    images = sum(r.metrics.get("written_rows", 0) for r in results)
-    elapsed = time.time() - started  # wall clock: the commit may run in another process or machine
-    metrics = {"wall_s": round(elapsed, 3), "fresh_shards": len(results), "reused_shards": len(reused),
-               "fresh_rows": images, "rows_per_s": round(images / elapsed, 2) if elapsed > 0 else None}
-    return commit(all_tasks, combined, engine=engine, metrics=metrics)
 
 
 @dataclasses.dataclass
@@ -160,9 +165,22 @@ class RunReport:
     seconds: float
 
 
+def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[[str], None]):
+    """``map_pass(function, tasks, name)``: one pass on `engine`, every worker set up the same way."""
+
+    def map_pass(function, tasks, name):
+        started = time.time()
+        results = engine.map(worker.WorkerCall(function, settings), list(tasks),
+                             work_dir=os.path.join(root, layout.WORK, name))
+        log(f"featurize: pass {name!r}: {len(tasks)} tasks in {time.time() - started:.1f} s")
+        return results
+
+    return map_pass
+
+
 def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = False,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunReport:
-    """Run a spec end to end on `engine` (see :mod:`featurelib.engines`).
+    """Run a spec end to end on `engine` (see :mod:`featurelib.engines`): passes, then commit.
 
     Raises
     ------
@@ -175,24 +193,37 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     """
     started = time.time()
     spec = resolve_paths(spec)
+    check_saved_artifacts(spec)
     tasks = plan(spec)
     keep = prepare_output(spec, tasks, resume=resume, overwrite=overwrite)
     listed = sum(len(t.records) for t in tasks)
     log(f"featurize: {listed} inputs in {len(tasks)} shards on engine {engine.name}"
         + (f"; resuming, {len(keep)} shards already complete" if keep else ""))
+    settings = worker.WorkerSettings(threads=spec.execution.threads_per_worker)
+    worker.prepare_driver(settings)  # before any worker starts: pools inherit the environment
+    map_pass = _map_pass(engine, settings, spec.output.path, log)
+    artifacts: dict[str, str] | None = None
     try:
         if spec.dedup == "content":
-            hashes = engine.map(hash_shard, tasks)
-            tasks = apply_dedup(tasks, hashes)
-        pending = [t for t in tasks if t.shard not in keep]
+            tasks = apply_dedup(tasks, map_pass(hash_shard, tasks, "dedup"))
+        refs = prepare_artifacts(spec, tasks, map_pass, reuse=resume)
+        artifacts = {ref.column: ref.sha256 for ref in refs}
+        tasks = [dataclasses.replace(t, artifacts=refs) for t in tasks]
         # Biggest shards first: fewer stragglers at the end of the run.
-        pending.sort(key=lambda t: (-len(t.records), t.shard))
+        pending = sorted((t for t in tasks if t.shard not in keep), key=lambda t: (-len(t.records), t.shard))
+        fresh = map_pass(process_shard, pending, "main")
         reused = [reused_result(spec, t) for t in tasks if t.shard in keep]
-        manifest = engine.run(pending, functools.partial(finish, tasks, reused, engine.name, started))
+        elapsed = time.time() - started
+        rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
+        metrics = {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
+                   "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None}
+        manifest = commit(tasks, sorted([*fresh, *reused], key=lambda r: r.shard), engine=engine.name,
+                          metrics=metrics)
     except (PolicyError, UserError):
         raise
     except BaseException as exc:
-        write_failed(spec.output.path, spec, f"{type(exc).__name__}: {exc}", kind="error")
+        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
+        write_failed(spec.output.path, spec, f"{type(exc).__name__}: {exc}", kind=kind, artifacts=artifacts)
         raise
     return RunReport(manifest, time.time() - started)
 

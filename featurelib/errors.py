@@ -8,10 +8,10 @@ is read.
 
 from __future__ import annotations
 
-#: Stages at which an input can be rejected (CONTRACT.md, "Rejects").
+#: Stages at which an input can be rejected (docs/CONTRACT.md, "Rejects").
 STAGES = ("list", "read", "decode", "preprocess", "augment", "extract", "write")
 
-#: Reject reasons (CONTRACT.md). Adding one is allowed; renaming one is not.
+#: Reject reasons (docs/CONTRACT.md). Adding one is allowed; renaming one is not.
 REASONS = (
     "empty",
     "unreadable",
@@ -26,6 +26,7 @@ REASONS = (
     "duplicate",
     "invalid_label",
     "invalid_input",
+    "transform_failed",
     "extract_failed",
     "non_finite",
 )

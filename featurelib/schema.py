@@ -9,37 +9,13 @@ a ``columns`` attribute giving each column's ``[start, stop)``.
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
+from featurelib.contract import FORMAT_VERSION, IDENTITY_FIELDS, PIXELS_COLUMN
 from featurelib.spec import RunSpec, canonical_json
-
-FORMAT_VERSION = 1
-
-IDENTITY_FIELDS = (
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("source_key", pa.string(), nullable=False),
-    pa.field("aug_index", pa.int16(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
-    pa.field("label", pa.int32(), nullable=False),
-    pa.field("label_name", pa.string()),
-    pa.field("split", pa.string(), nullable=False),
-    pa.field("sha256", pa.string(), nullable=False),
-    pa.field("orig_height", pa.int32(), nullable=False),
-    pa.field("orig_width", pa.int32(), nullable=False),
-    pa.field("orig_format", pa.string(), nullable=False),
-)
-
-REJECT_SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("source_key", pa.string(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("detail", pa.string(), nullable=False),
-])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +43,22 @@ class OutputSchema:
     spec_json: str
     feature_fingerprint: str
     run_fingerprint: str
+    spec_run_fingerprint: str
 
     @classmethod
-    def from_spec(cls, spec: RunSpec) -> OutputSchema:
+    def from_spec(cls, spec: RunSpec, artifacts: Mapping[str, str] | None = None) -> OutputSchema:
+        """The schema of a run of `spec` whose pre-passes fitted `artifacts` ({column: sha256})."""
         columns = tuple(
             Column(f.column, f.name, f.version, dict(f.params), dim) for f, dim in spec.feature_dims()
         )
-        # The spec stamped into shards leaves out secrets and the output path (where
-        # the file lies is not part of what it holds), so the same run writes the same
-        # bytes into any output folder.
+        # The spec stamped into shards leaves out secrets, the output path (where the
+        # file lies is not part of what it holds) and execution settings, so the same
+        # run writes the same bytes into any output folder, however it was run.
         stamped = spec.to_dict(secrets=False)
         stamped["output"].pop("path", None)
+        stamped.pop("execution", None)
         return cls(columns, tuple(spec.image.size), spec.output.pixels, canonical_json(stamped),
-                   spec.feature_fingerprint(), spec.run_fingerprint())
+                   spec.feature_fingerprint(artifacts), spec.run_fingerprint(artifacts), spec.run_fingerprint())
 
     @property
     def total_dim(self) -> int:
@@ -103,6 +82,7 @@ class OutputSchema:
             b"featurelib.spec": self.spec_json.encode(),
             b"featurelib.feature_fingerprint": self.feature_fingerprint.encode(),
             b"featurelib.run_fingerprint": self.run_fingerprint.encode(),
+            b"featurelib.spec_run_fingerprint": self.spec_run_fingerprint.encode(),
             b"featurelib.columns": canonical_json([c.to_json() for c in self.columns]).encode(),
             b"featurelib.format_version": str(FORMAT_VERSION).encode(),
         }
@@ -111,14 +91,9 @@ class OutputSchema:
         fields = list(IDENTITY_FIELDS)
         fields += [pa.field(c.name, pa.list_(pa.float32(), c.dim), nullable=False) for c in self.columns]
         if self.pixels:
-            fields.append(pa.field("pixels", pa.list_(pa.uint8(), self.pixel_count), nullable=False))
+            fields.append(pa.field(PIXELS_COLUMN, pa.list_(pa.uint8(), self.pixel_count), nullable=False))
         return pa.schema(fields, metadata=self.metadata())
 
     def describe(self) -> list[dict[str, str]]:
         """``[{name, type}]`` of the Parquet schema, for the manifest."""
         return [{"name": f.name, "type": str(f.type)} for f in self.arrow_schema()]
-
-
-def columns_from_metadata(metadata: dict[bytes, bytes]) -> list[dict[str, Any]]:
-    """The ``featurelib.columns`` entry of a Parquet file's schema metadata."""
-    return json.loads(metadata[b"featurelib.columns"])

@@ -16,9 +16,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from featurelib.contract import SPLITS as SPLIT_NAMES
 from featurelib.errors import RecordError, UserError
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Any
 import yaml
 
 from featurelib import registry, transforms
+from featurelib.contract import DEFAULT_MAX_PIXELS, RESERVED_COLUMNS, SPLITS
 from featurelib.errors import SpecError
 
 SPEC_VERSION = 1
 RESIZE_MODES = ("stretch", "aspect_crop", "pad")
 INTERPOLATIONS = ("area", "linear", "cubic")
 OUTPUT_FORMATS = ("parquet", "hdf5")
-SPLITS = ("train", "val", "test")
 
 
 def canonical_json(value: Any) -> str:
@@ -122,7 +122,7 @@ class ImageSpec:
 class DecodeSpec:
     """Decode policy knobs (the policy itself lives in :mod:`featurelib.decode`)."""
 
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
     isolation: str = "none"
     timeout_s: float = 30.0
@@ -186,22 +186,34 @@ class FeatureSpec:
     version: int
 
     @classmethod
-    def parse(cls, raw: Any, index: int) -> FeatureSpec:
+    def parse(cls, raw: Any, index: int, problems: Problems | None = None) -> FeatureSpec:
+        """Parse ``features[index]``; parameter problems go to `problems` (else the first raises)."""
         where = f"features[{index}]"
         section = _mapping(raw, where)
         _no_unknown(section, ("name", "params", "column"), where)
         if "name" not in section:
             raise SpecError(f"{where} needs a 'name'; known extractors: {registry.names()}")
         definition = registry.get(section["name"])
-        params = definition.normalize_params(_mapping(section.get("params"), f"{where}.params"))
+        found: list[str] = []
+        params = definition.normalize_params(_mapping(section.get("params"), f"{where}.params"), found.append)
+        if found:
+            if problems is None:
+                raise SpecError(found[0])
+            for message in found:
+                problems.add(message)
         column = section.get("column", definition.name)
         if not isinstance(column, str) or not column.isidentifier():
             raise SpecError(f"{where}.column must be an identifier-like name, got {column!r}")
         return cls(name=definition.name, params=params, column=column, version=definition.version)
 
     def identity(self) -> dict[str, Any]:
-        """What makes this column's values comparable (part of the feature fingerprint)."""
-        return {"name": self.name, "version": self.version, "params": dict(self.params), "column": self.column}
+        """What makes this column's values comparable (part of the feature fingerprint).
+
+        A parameter naming a saved artefact file is left out: the artefact enters
+        the fingerprint by its content hash (:meth:`RunSpec.feature_fingerprint`).
+        """
+        params = registry.get(self.name).identity_params(self.params)
+        return {"name": self.name, "version": self.version, "params": params, "column": self.column}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,8 +303,58 @@ class FailuresSpec:
                            "failures.max_reject_fraction", low=0.0, high=1.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class ExecutionSpec:
+    """How workers run, never what they compute: enters no fingerprint and no shard.
+
+    ``threads_per_worker`` native threads (OpenCV, BLAS, OpenMP, TensorFlow) in
+    each worker process; ``batch_size`` images per extractor call (default: the
+    smallest preferred batch size of the spec's extractors).
+    """
+
+    threads_per_worker: int = 1
+    batch_size: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> ExecutionSpec:
+        section = _mapping(raw, "execution")
+        _no_unknown(section, ("threads_per_worker", "batch_size"), "execution")
+        threads = _int(section.get("threads_per_worker", 1), "execution.threads_per_worker", minimum=1)
+        batch = section.get("batch_size")
+        if batch is not None:
+            _int(batch, "execution.batch_size", minimum=1)
+        return cls(threads_per_worker=threads, batch_size=batch)
+
+
+class Problems:
+    """Collects every problem found in a spec, so one error can list them all."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def attempt(self, parse: Any, default: Any = None) -> Any:
+        """``parse()``, or `default` after recording its SpecError."""
+        try:
+            return parse()
+        except SpecError as exc:
+            self.add(str(exc))
+            return default
+
+    def raise_if_any(self) -> None:
+        """Raise one SpecError: the message itself for one problem, a numbered list for several."""
+        if len(self.messages) == 1:
+            raise SpecError(self.messages[0])
+        if self.messages:
+            listed = "\n".join(f"  {i}. {m}" for i, m in enumerate(self.messages, start=1))
+            raise SpecError(f"{len(self.messages)} problems in the spec:\n{listed}")
+
+
 _TOP_LEVEL = ("spec_version", "input", "labels", "seed", "image", "decode", "augment",
-              "features", "split", "dedup", "output", "failures")
+              "features", "split", "dedup", "output", "failures", "execution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +372,7 @@ class RunSpec:
     dedup: str = "none"
     output: OutputSpec = OutputSpec()
     failures: FailuresSpec = FailuresSpec()
+    execution: ExecutionSpec = ExecutionSpec()
     spec_version: int = SPEC_VERSION
 
     # -- construction --------------------------------------------------------
@@ -321,48 +384,55 @@ class RunSpec:
         Raises
         ------
         SpecError
-            On the first problem found, with the key path in the message.
+            Listing every problem found (each with its key path), before any image is read.
         """
         doc = _mapping(raw, "the spec")
-        _no_unknown(doc, _TOP_LEVEL, "the spec")
+        problems = Problems()
+        problems.attempt(lambda: _no_unknown(doc, _TOP_LEVEL, "the spec"))
         version = doc.get("spec_version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise SpecError(f"spec_version {version!r} is not supported; this featurelib reads {SPEC_VERSION}")
         raw_features = doc.get("features")
+        features: list[FeatureSpec] = []
         if not isinstance(raw_features, (list, tuple)) or not raw_features:
-            raise SpecError(f"features must be a non-empty list; known extractors: {registry.names()}")
-        features = tuple(FeatureSpec.parse(f, i) for i, f in enumerate(raw_features))
+            problems.add(f"features must be a non-empty list; known extractors: {registry.names()}")
+        else:
+            for i, f in enumerate(raw_features):
+                feature = problems.attempt(lambda f=f, i=i: FeatureSpec.parse(f, i, problems))
+                if feature is not None:
+                    features.append(feature)
         columns = [f.column for f in features]
         duplicates = sorted({c for c in columns if columns.count(c) > 1})
         if duplicates:
-            raise SpecError(f"duplicate feature column(s) {duplicates}; give each a unique 'column'")
-        reserved = {"key", "source_key", "aug_index", "uri", "label", "label_name", "split",
-                    "sha256", "orig_height", "orig_width", "orig_format", "pixels"}
-        clashing = sorted(set(columns) & reserved)
+            problems.add(f"duplicate feature column(s) {duplicates}; give each a unique 'column'")
+        clashing = sorted(set(columns) & RESERVED_COLUMNS)
         if clashing:
-            raise SpecError(f"feature column(s) {clashing} clash with reserved column names")
+            problems.add(f"feature column(s) {clashing} clash with reserved column names")
         labels = doc.get("labels")
         if labels is not None:
             if (not isinstance(labels, (list, tuple)) or not labels
                     or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
-                raise SpecError(f"labels must be a non-empty list of unique non-empty strings, got {labels!r}")
-            labels = tuple(labels)
-        spec = cls(
-            features=features,
-            input=InputSpec.parse(doc.get("input")),
-            labels=labels,
-            seed=_int(doc.get("seed", 0), "seed", minimum=0),
-            image=ImageSpec.parse(doc.get("image")),
-            decode=DecodeSpec.parse(doc.get("decode")),
-            augment=AugmentSpec.parse(doc.get("augment")),
-            split=SplitSpec.parse(doc.get("split")),
-            dedup=_choice(doc.get("dedup", "none"), ("none", "content"), "dedup"),
-            output=OutputSpec.parse(doc.get("output")),
-            failures=FailuresSpec.parse(doc.get("failures")),
-        )
-        for feature in features:  # every extractor must accept the image size
-            registry.get(feature.name).output_dim(feature.params, spec.image.size)
-        return spec
+                problems.add(f"labels must be a non-empty list of unique non-empty strings, got {labels!r}")
+                labels = None
+            else:
+                labels = tuple(labels)
+        parts = {
+            "input": problems.attempt(lambda: InputSpec.parse(doc.get("input")), InputSpec()),
+            "seed": problems.attempt(lambda: _int(doc.get("seed", 0), "seed", minimum=0), 0),
+            "image": problems.attempt(lambda: ImageSpec.parse(doc.get("image")), ImageSpec()),
+            "decode": problems.attempt(lambda: DecodeSpec.parse(doc.get("decode")), DecodeSpec()),
+            "augment": problems.attempt(lambda: AugmentSpec.parse(doc.get("augment")), AugmentSpec()),
+            "split": problems.attempt(lambda: SplitSpec.parse(doc.get("split")), SplitSpec()),
+            "dedup": problems.attempt(lambda: _choice(doc.get("dedup", "none"), ("none", "content"), "dedup"), "none"),
+            "output": problems.attempt(lambda: OutputSpec.parse(doc.get("output")), OutputSpec()),
+            "failures": problems.attempt(lambda: FailuresSpec.parse(doc.get("failures")), FailuresSpec()),
+            "execution": problems.attempt(lambda: ExecutionSpec.parse(doc.get("execution")), ExecutionSpec()),
+        }
+        if not problems.messages:  # every extractor must accept the image size
+            for feature in features:
+                problems.attempt(lambda f=feature: registry.get(f.name).output_dim(f.params, parts["image"].size))
+        problems.raise_if_any()
+        return cls(features=tuple(features), labels=labels, **parts)
 
     @classmethod
     def from_yaml_text(cls, text: str) -> RunSpec:
@@ -387,9 +457,16 @@ class RunSpec:
         return cls.from_dict(json.loads(text))
 
     def with_overrides(self, *, input: str | None = None, output: str | None = None,
-                       shards: int | None = None) -> RunSpec:
-        """Apply the command line's ``--input``, ``--output`` and ``--shards``."""
+                       shards: int | None = None, threads_per_worker: int | None = None,
+                       batch_size: int | None = None) -> RunSpec:
+        """Apply the command line's ``--input``, ``--output``, ``--shards``, ``--threads-per-worker``
+        and ``--batch-size``."""
         spec = self
+        if threads_per_worker is not None or batch_size is not None:
+            execution = ExecutionSpec.parse({
+                "threads_per_worker": threads_per_worker or self.execution.threads_per_worker,
+                "batch_size": batch_size if batch_size is not None else self.execution.batch_size})
+            spec = dataclasses.replace(spec, execution=execution)
         if input is not None:
             spec = dataclasses.replace(spec, input=dataclasses.replace(spec.input, path=input))
         if output is not None:
@@ -431,6 +508,8 @@ class RunSpec:
                        **({"shards": self.output.shards} if self.output.shards is not None
                           else {"rows_per_shard": self.output.rows_per_shard})},
             "failures": {"max_reject_fraction": self.failures.max_reject_fraction},
+            "execution": {"threads_per_worker": self.execution.threads_per_worker,
+                          "batch_size": self.execution.batch_size},
         }
         if doc["labels"] is None:
             del doc["labels"]
@@ -441,10 +520,14 @@ class RunSpec:
 
     # -- fingerprints ----------------------------------------------------------
 
-    def feature_fingerprint(self) -> str:
+    def feature_fingerprint(self, artifacts: Mapping[str, str] | None = None) -> str:
         """What makes two feature vectors comparable: decode policy, image, features.
 
-        Not paths, not the output layout, not the seed (originals do not depend on it).
+        Not paths, not the output layout, not the seed (originals do not depend on
+        it), not execution settings. Built in two steps: without `artifacts`, the
+        spec's part (known before any pass); with ``{column: sha256}`` of the
+        artefacts fitted by pre-passes, the final fingerprint (equal to the spec's
+        part when there are none).
         """
         from featurelib.decode import DECODE_POLICY_VERSION
 
@@ -455,10 +538,10 @@ class RunSpec:
                       "interpolation": self.image.interpolation},
             "features": [f.identity() for f in self.features],
         }
-        return sha256_json(parts)
+        return _with_artifacts(sha256_json(parts), artifacts)
 
-    def run_fingerprint(self) -> str:
-        """``feature_fingerprint`` plus input, labels, seed, split, augment, dedup, layout."""
+    def run_fingerprint(self, artifacts: Mapping[str, str] | None = None) -> str:
+        """``feature_fingerprint`` plus input, labels, seed, split, augment, dedup, layout (two steps too)."""
         parts = {
             "features": self.feature_fingerprint(),
             "input": self.input.path,
@@ -471,10 +554,20 @@ class RunSpec:
             "max_pixels": self.decode.max_pixels,
             "output": self.output.layout(),
         }
-        return sha256_json(parts)
+        return _with_artifacts(sha256_json(parts), artifacts)
+
+    def fitted_features(self) -> list[FeatureSpec]:
+        """Features whose extractor fits an artefact in a pre-pass (or reads a saved one)."""
+        return [f for f in self.features if registry.get(f.name).artifact is not None]
 
     # -- derived -----------------------------------------------------------------
 
     def feature_dims(self) -> list[tuple[FeatureSpec, int]]:
         """Each feature with its declared output length at ``image.size``."""
         return [(f, registry.get(f.name).output_dim(f.params, self.image.size)) for f in self.features]
+
+
+def _with_artifacts(spec_part: str, artifacts: Mapping[str, str] | None) -> str:
+    if not artifacts:
+        return spec_part
+    return sha256_json({"spec": spec_part, "artifacts": dict(sorted(artifacts.items()))})

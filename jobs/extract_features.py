@@ -3,9 +3,10 @@
     featurize run --engine spark --spec deploy/specs/demo.yaml --input data/demo/digits --output out/spark
     spark-submit --master spark://HOST:7077 jobs/extract_features.py --spec S --input P --output P
 
-``parallelize(tasks, len(tasks))`` gives one task per partition (a column hash
-such as ``repartition(n, col)`` collides small shard ids into fewer partitions);
-only the small ShardResults are collected.
+Every pass of a run maps its shard tasks with ``parallelize(tasks, len(tasks))``:
+one task per partition (a column hash such as ``repartition(n, col)`` collides
+small shard ids into fewer partitions); only the small results are collected,
+and the driver commits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a file by spark-submit: make the checkout importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pyspark  # noqa: E402,F401  (the engine needs the spark extra: a missing one fails at engine lookup)
 
 from featurelib.engines.base import Engine  # noqa: E402
 from featurelib.errors import UserError  # noqa: E402
@@ -47,6 +50,7 @@ class SparkEngine(Engine):
 
     def __init__(self, spark=None, *, master: str | None = None, conf: dict[str, str] | None = None) -> None:
         self._spark, self.master, self.conf = spark, master, conf or {}
+        self._owns_session = spark is None
 
     @classmethod
     def from_argv(cls, argv: Sequence[str]) -> SparkEngine:
@@ -66,18 +70,24 @@ class SparkEngine(Engine):
             self._spark = build_session(self.master, self.conf)
         return self._spark
 
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str | None = None) -> list[Any]:
         if not items:
             return []
         context = self.spark.sparkContext
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
         return context.parallelize(list(items), len(items)).map(function).collect()
 
+    def close(self) -> None:
+        """Stop the session this engine started (never one it was given)."""
+        if self._owns_session and self._spark is not None:
+            self._spark.stop()
+            self._spark = None
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """spark-submit entry point; same flags and exit codes as ``featurize run``."""
-    from featurelib.cli import with_exit_codes
     from featurelib.driver import execute, format_summary
+    from featurelib.exits import with_exit_codes
     from featurelib.spec import RunSpec
 
     parser = argparse.ArgumentParser(prog="jobs/extract_features.py")
@@ -85,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input")
     parser.add_argument("--output")
     parser.add_argument("--shards", type=int)
+    parser.add_argument("--threads-per-worker", type=int)
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--master", default=None, help="default: what spark-submit set, else local[*]")
     parser.add_argument("--conf", action="append", default=[])
     mode = parser.add_mutually_exclusive_group()
@@ -95,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         nonlocal engine
-        spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards)
+        spec = RunSpec.from_yaml(args.spec).with_overrides(
+            input=args.input, output=args.output, shards=args.shards,
+            threads_per_worker=args.threads_per_worker, batch_size=args.batch_size)
         spec.require_paths()
         engine = SparkEngine(master=args.master, conf=_conf_pairs(args.conf))
         report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
@@ -104,8 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return with_exit_codes(run)
     finally:
-        if engine is not None and engine._spark is not None:
-            engine._spark.stop()
+        if engine is not None:
+            engine.close()
 
 
 if __name__ == "__main__":

@@ -19,12 +19,8 @@ DEFAULTS: dict[str, str] = {
     # Keep Python workers alive between tasks, so per-worker state (decoders,
     # later CNN weights) is built once per process, not once per task.
     "spark.python.worker.reuse": "true",
-    # One native thread per task: Spark's parallelism is one task per core.
-    "spark.executorEnv.OMP_NUM_THREADS": "1",
-    "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",
-    # glibc: no page-fault storm on every decoded image (see STACK.md).
-    "spark.executorEnv.MALLOC_MMAP_THRESHOLD_": "67108864",
-    "spark.executorEnv.MALLOC_TRIM_THRESHOLD_": "134217728",
+    # The worker environment (malloc thresholds, one native thread per task: Spark's
+    # parallelism is one task per core) comes from featurelib.worker, like every engine's.
     # A failed shard task is retried (tasks are idempotent: temp name, then rename).
     "spark.task.maxFailures": "4",
     # Shard tasks are coarse; do not let Spark wait for data locality that does not exist.
@@ -48,11 +44,16 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
         # A single machine needs no network address; without this Spark resolves the
         # host name and may bind to an external interface.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from featurelib import worker
+
+    # Executors start Python workers before any task runs: they need the worker
+    # environment from the start (glibc reads its malloc settings at start-up).
+    executor_env = {f"spark.executorEnv.{k}": v for k, v in worker.environment(worker.WorkerSettings()).items()}
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
     elif "SPARK_HOME" not in os.environ and not os.environ.get("PYSPARK_SUBMIT_ARGS"):
         builder = builder.master("local[*]")
-    for key, value in {**DEFAULTS, **dict(conf or {})}.items():
+    for key, value in {**executor_env, **DEFAULTS, **dict(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -1,82 +1,78 @@
-"""Extract features with Apache Beam: the same shard tasks as every engine.
+"""Extract features with Apache Beam: the same passes over the same shard tasks as every engine.
 
     python -m pipelines.extract_features --spec deploy/specs/demo.yaml --input data/demo/digits \
         --output out/beam --direct_num_workers=2 --direct_running_mode=multi_processing
     featurize run --engine beam --spec deploy/specs/demo.yaml ...
 
-Graph: ``Create(tasks) | Reshuffle | ParDo(ProcessShard) | ToList | Map(commit)``.
-One element per shard task: rows never cross a process boundary, so no engine
+Each pass is one pipeline: ``Create(tasks) | Reshuffle | ParDo(RunTask)``. One
+element per shard task: rows never cross a process boundary, so no engine
 shuffle holds feature data (GroupByKey of rows grew memory with the dataset).
+Each task's small result is written by the worker to ``OUT/_work/<pass>/``, so
+any runner whose workers can write the output works (Dataflow, Flink, Spark);
+the driver reads them back in task order and commits on its side.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+if __package__ in (None, ""):  # run as a file: make the checkout importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from featurelib.engines.base import Engine
-from featurelib.errors import PolicyError
-from featurelib.io import files as layout
-from pipelines.options import FeaturizeOptions, beam_options
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-
-class ProcessShard(beam.DoFn):
-    """Runs :func:`featurelib.run.process_shard`; ``setup`` warms the worker's caches once."""
-
-    def __init__(self, spec_json: str) -> None:
-        self.spec_json = spec_json
-
-    def setup(self) -> None:
-        from featurelib.engines.local import worker_init
-        from featurelib.run import worker_state
-
-        worker_init()
-        worker_state(self.spec_json)  # heavy state once per worker process, not per task
-
-    def process(self, task):
-        from featurelib.run import process_shard
-
-        yield process_shard(task)
+from featurelib.engines.base import Engine  # noqa: E402
+from featurelib.io.files import temp_path  # noqa: E402
+from pipelines.options import FeaturizeOptions, beam_options  # noqa: E402
 
 
-class Apply(beam.DoFn):
-    """Generic map for auxiliary passes (``dedup: content`` hashing)."""
+def result_path(work_dir: str, index: int) -> str:
+    return os.path.join(work_dir, f"result-{index:06d}.pickle")
 
-    def __init__(self, function: Callable[[Any], Any]) -> None:
+
+class RunTask(beam.DoFn):
+    """Runs ``function`` on one ``(index, item)`` and writes its result to ``work_dir`` (temp, then rename:
+    a retried or speculative bundle never leaves a half-written result)."""
+
+    def __init__(self, function: Callable[[Any], Any], work_dir: str) -> None:
         self.function = function
+        self.work_dir = work_dir
 
     def process(self, element):
-        yield self.function(element)
+        index, item = element
+        result = self.function(item)
+        target = result_path(self.work_dir, index)
+        tmp = temp_path(target)
+        with open(tmp, "wb") as handle:
+            pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+        yield index
 
 
-def build_pipeline(pipeline: beam.Pipeline, tasks: Sequence[Any], finish: Callable[[list[Any]], Any]):
-    """Pure graph construction: shard tasks in, one commit at the end."""
-    spec_json = tasks[0].spec_json if tasks else ""
-    results = (
+def build_pipeline(pipeline: beam.Pipeline, function: Callable[[Any], Any], items: Sequence[Any], work_dir: str):
+    """Pure graph construction: one element per task, results into `work_dir`."""
+    return (
         pipeline
-        | "ShardTasks" >> beam.Create(list(tasks), reshuffle=False)
+        | "Tasks" >> beam.Create(list(enumerate(items)), reshuffle=False)
         | "Spread" >> beam.Reshuffle()
-        | "ProcessShards" >> beam.ParDo(ProcessShard(spec_json))
-        | "Gather" >> beam.combiners.ToList()
+        | "Run" >> beam.ParDo(RunTask(function, work_dir))
     )
-    return results | "Commit" >> beam.Map(lambda rs: json.dumps(finish(rs)["counts"]))
 
 
 class BeamEngine(Engine):
-    """Runs shard tasks in a Beam pipeline (default runner: the embedded FnApiRunner).
+    """Runs each pass as a Beam pipeline (default runner: the embedded FnApiRunner).
 
     Parameters
     ----------
     argv : list of str
         Beam flags, passed through unchanged (``--runner``, ``--direct_num_workers``, ...).
     pipeline_factory : callable, optional
-        Returns the pipeline to build into (tests inject a TestPipeline).
+        Returns a fresh pipeline for each pass (tests inject TestPipelines).
     """
 
     name = "beam"
@@ -90,61 +86,21 @@ class BeamEngine(Engine):
     def from_argv(cls, argv: Sequence[str]) -> BeamEngine:
         return cls(argv)
 
-    def describe(self) -> str:
-        options = self.options.get_all_options()
-        return f"beam ({self.options.view_as(StandardOptions).runner}, workers={options.get('direct_num_workers')}, " \
-               f"mode={options.get('direct_running_mode')})"
-
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """Auxiliary pass: results come back through a file the last step writes."""
-        import pickle
-        import tempfile
-
+    def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str) -> list[Any]:
+        """One pipeline over `items`; results come back through files in `work_dir`."""
         if not items:
             return []
-        from featurelib.engines.local import set_worker_environment
-
-        set_worker_environment()
-        with tempfile.TemporaryDirectory(prefix="featurelib-beam-") as scratch:
-            target = os.path.join(scratch, "results.pickle")
-
-            def save(results, target=target):
-                with open(target, "wb") as handle:
-                    pickle.dump(sorted(results, key=lambda r: r[0]), handle)
-
-            # Always a fresh pipeline: an injected test pipeline is kept for the main graph.
-            with beam.Pipeline(options=self.options) as pipeline:
-                (pipeline
-                 | beam.Create(list(enumerate(items)), reshuffle=False)
-                 | beam.Reshuffle()
-                 | beam.Map(lambda pair, f=function: (pair[0], f(pair[1])))
-                 | beam.combiners.ToList()
-                 | beam.Map(save))
-            with open(target, "rb") as handle:
-                return [result for _, result in pickle.load(handle)]
-
-    def run(self, tasks: Sequence[Any], finish: Callable[[list[Any]], dict[str, Any]]) -> dict[str, Any]:
-        """Process and commit inside the pipeline; the manifest on disk is the result."""
-        if not tasks:  # every shard reused: nothing to schedule, commit here
-            return finish([])
-        from featurelib.engines.local import set_worker_environment
-
-        set_worker_environment()  # multi-processing workers inherit it: no page-fault storm per image
-        output = tasks[0].output
+        os.makedirs(work_dir, exist_ok=True)
         try:
             with self.pipeline_factory() as pipeline:
-                build_pipeline(pipeline, tasks, finish)
+                build_pipeline(pipeline, function, items, work_dir)
         except Exception as exc:
-            # The commit step wrote _FAILED.json before raising; Beam wraps the error.
-            failed = os.path.join(output, layout.FAILED)
-            if os.path.exists(failed):
-                with open(failed, encoding="utf-8") as handle:
-                    document = json.load(handle)
-                if document.get("kind") == "policy":
-                    raise PolicyError(document["error"]) from None
             raise RuntimeError(f"Beam pipeline failed: {_root_message(exc)}") from exc
-        with open(os.path.join(output, layout.MANIFEST), encoding="utf-8") as handle:
-            return json.load(handle)
+        results = []
+        for index in range(len(items)):
+            with open(result_path(work_dir, index), "rb") as handle:
+                results.append(pickle.load(handle))  # written by our own workers in this run
+        return results
 
 
 def _root_message(exc: BaseException) -> str:
@@ -153,25 +109,26 @@ def _root_message(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def run(argv: Sequence[str] | None = None, *, test_pipeline: beam.Pipeline | None = None):
+def run(argv: Sequence[str] | None = None, *, pipeline_factory: Callable[[], beam.Pipeline] | None = None):
     """Entry point of ``python -m pipelines.extract_features``; returns the run report."""
     from featurelib.driver import execute, format_summary
+    from featurelib.errors import UserError
     from featurelib.spec import RunSpec
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ours = PipelineOptions(argv).view_as(FeaturizeOptions)
     if not ours.spec:
-        raise SystemExit("pipelines.extract_features: --spec is required")
-    beam_argv = _strip_own_flags(argv)
-    spec = RunSpec.from_yaml(ours.spec).with_overrides(input=ours.input, output=ours.output, shards=ours.shards)
-    factory = (lambda: test_pipeline) if test_pipeline is not None else None
-    engine = BeamEngine(beam_argv, pipeline_factory=factory)
+        raise UserError("pipelines.extract_features: --spec is required")
+    spec = RunSpec.from_yaml(ours.spec).with_overrides(
+        input=ours.input, output=ours.output, shards=ours.shards,
+        threads_per_worker=ours.threads_per_worker, batch_size=ours.batch_size)
+    engine = BeamEngine(_strip_own_flags(argv), pipeline_factory=pipeline_factory)
     report = execute(spec, engine, resume=ours.resume, overwrite=ours.overwrite)
     print(format_summary(report.manifest, spec.output.path, report.seconds))
     return report
 
 
-_OWN_VALUE_FLAGS = ("--spec", "--input", "--output", "--shards")
+_OWN_VALUE_FLAGS = ("--spec", "--input", "--output", "--shards", "--threads_per_worker", "--batch_size")
 _OWN_SWITCHES = ("--resume", "--overwrite")
 
 
@@ -191,7 +148,7 @@ def _strip_own_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main() -> int:
-    from featurelib.cli import with_exit_codes
+    from featurelib.exits import with_exit_codes
 
     return with_exit_codes(lambda: run() and None)
 

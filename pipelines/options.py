@@ -22,6 +22,9 @@ class FeaturizeOptions(PipelineOptions):
         parser.add_argument("--input", default=None, help="overrides input.path")
         parser.add_argument("--output", default=None, help="overrides output.path")
         parser.add_argument("--shards", type=int, default=None, help="overrides output.shards")
+        parser.add_argument("--threads_per_worker", type=int, default=None,
+                            help="overrides execution.threads_per_worker")
+        parser.add_argument("--batch_size", type=int, default=None, help="overrides execution.batch_size")
         parser.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
         parser.add_argument("--overwrite", action="store_true", help="replace an output holding another run")
 

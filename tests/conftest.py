@@ -18,7 +18,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 # Workers of every engine must see the same thread limits as the local engine gives them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Fault injection (featurelib.run.FAULT_ENV): set before any engine starts its workers,
+# Test-only extractors (tests/plugins/featurelib_testplugins.py), importable in every worker
+# of every engine: set before any worker, pool or Spark session starts.
+PLUGINS = ROOT / "tests" / "plugins"
+sys.path.insert(0, str(PLUGINS))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p)
+os.environ["FEATURELIB_PLUGINS"] = "featurelib_testplugins"
+
+# Fault injection (featurelib.shard.FAULT_ENV): set before any engine starts its workers,
 # armed per test by writing the file (see arm_fault).
 FAULT_FILE = pathlib.Path(os.environ.setdefault(
     "FEATURELIB_FAULT_FILE", f"/tmp/featurelib-fault-{os.getpid()}.json"))
@@ -80,6 +87,15 @@ def real_images() -> dict[str, np.ndarray]:
     images["china"], images["flower"] = china, flower
     images["camera_rgb"] = np.repeat(data.camera()[:, :, None], 3, axis=2)
     return images
+
+
+def copy_digits(digits_dir: pathlib.Path, root: pathlib.Path, *, step: int, limit: int) -> pathlib.Path:
+    """Copy every `step`-th digit (at most `limit`, keeping the class folders) under `root`."""
+    for path in sorted(digits_dir.rglob("*.png"))[::step][:limit]:
+        rel = path.relative_to(digits_dir)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / rel)
+    return root
 
 
 def write_spec(path: pathlib.Path, **sections) -> pathlib.Path:

@@ -1,5 +1,6 @@
-"""Local, Beam (in-process and multi-processing) and Spark local[2,3]: identical output, ledger,
-retries on Spark, clean failure and resume on Beam, per-worker state built once."""
+"""Local, Beam (in-process and multi-processing) and Spark local[2,3]: identical output (shards,
+rejects and stats.json), ledger, retries on Spark, clean failure and resume on Beam, per-worker
+state built once per process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from featurelib.engines.local import LocalEngine
 from featurelib.spec import RunSpec
 from ledger import assert_ledger
 from test_local_engine import AUGMENT, digest_tree
+
+STATS_KINDS = ("parquet", "rejects", "stats")
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -44,12 +47,21 @@ def comparable(manifest):
     return out
 
 
-def builds_once_per_process(manifest):
-    """Every result from one worker process reports the same build count: no rebuild mid-run."""
-    per_pid = collections.defaultdict(set)
+def builds_per_process(manifest):
+    """{pid: (tasks it ran, times it built the worker state during this run)}."""
+    per_pid = collections.defaultdict(lambda: [0, 0])
     for shard in manifest["metrics"]["shards"]:
-        per_pid[shard["pid"]].add(shard["state_builds"])
-    return all(len(counts) == 1 for counts in per_pid.values()), len(per_pid)
+        per_pid[shard["pid"]][0] += 1
+        per_pid[shard["pid"]][1] += shard["state_built"]
+    return {pid: tuple(v) for pid, v in per_pid.items()}
+
+
+def assert_built_once_per_process(manifest):
+    """Each worker process built the state exactly once, and some process reused it for a later
+    task (a check that a fresh process per task would fail)."""
+    per_pid = builds_per_process(manifest)
+    assert all(built == 1 for _, built in per_pid.values()), per_pid
+    assert sum(tasks for tasks, _ in per_pid.values()) > len(per_pid), per_pid
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +91,18 @@ def test_engines_write_what_the_local_engine_writes(engine_name, reference, mixe
     rejected = assert_ledger(tmp_path / "o", set(expected))
     assert {k: v for k, v in expected.items() if v} == rejected
     ref_out, ref_manifest = reference
-    assert digest_tree(tmp_path / "o") == digest_tree(ref_out)
+    assert digest_tree(tmp_path / "o", STATS_KINDS) == digest_tree(ref_out, STATS_KINDS)
+    assert (tmp_path / "o" / "stats.json").read_bytes() == (ref_out / "stats.json").read_bytes()
     assert comparable(manifest) == comparable(ref_manifest)
     assert manifest["engine"] == engine_name.split("-")[0]
-    once, pids = builds_once_per_process(manifest)
-    assert once, manifest["metrics"]["shards"]
-    if engine_name != "beam":
-        assert pids >= 1
+    assert_built_once_per_process(manifest)
+    assert not (tmp_path / "o" / "_work").exists()
 
 
 def test_local_engine_builds_worker_state_once_per_process(reference):
     _, manifest = reference
-    once, pids = builds_once_per_process(manifest)
-    assert once and pids == 2  # 6 shard tasks on 2 worker processes
+    assert_built_once_per_process(manifest)
+    assert len(builds_per_process(manifest)) == 2  # 6 shard tasks on 2 worker processes
 
 
 def test_spark_retries_a_failed_task_and_the_output_equals_a_clean_run(reference, mixed_dir, parity_spec,
@@ -128,15 +139,15 @@ def test_beam_entry_point_and_default_engine(mixed_dir, parity_spec, tmp_path, c
     report = run(["--spec", str(parity_spec), "--input", str(root), "--output", str(tmp_path / "a"),
                   "--shards", "3", "--runner", "FnApiRunner"])
     assert report.manifest["engine"] == "beam" and report.manifest["n_shards"] == 3
-    # featurize run without --engine uses Beam
+    # featurize run without --engine uses the local engine (the core install is enough)
     code = cli.main(["run", "--spec", str(parity_spec), "--input", str(root), "--output", str(tmp_path / "b"),
                      "--shards", "3"])
     assert code == 0
-    assert json.loads((tmp_path / "b" / "_manifest.json").read_text())["engine"] == "beam"
+    assert json.loads((tmp_path / "b" / "_manifest.json").read_text())["engine"] == "local"
     assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b")
 
 
-def test_policy_failure_inside_the_beam_commit_step_exits_3(mixed_dir, spec_file, tmp_path, capsys):
+def test_policy_failure_on_beam_exits_3(mixed_dir, spec_file, tmp_path, capsys):
     root, _ = mixed_dir
     spec = spec_file(failures={"max_reject_fraction": 0.0})
     code = cli.main(["run", "--engine", "beam", "--spec", str(spec), "--input", str(root),
@@ -163,7 +174,7 @@ def test_dedup_pass_runs_on_beam_and_spark(digits_dir, spec_file, tmp_path, spar
     spec = spec_file(dedup="content", failures={"max_reject_fraction": 0.2}, output={"shards": 3})
     listed = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
     run(["--spec", str(spec), "--input", str(root), "--output", str(tmp_path / "beam")],
-        test_pipeline=TestPipeline(argv=["--runner=FnApiRunner"], blocking=True))
+        pipeline_factory=lambda: TestPipeline(argv=["--runner=FnApiRunner"], blocking=True))
     run_on(spark_engine(spark), spec, root, tmp_path / "spark")
     for engine in ("beam", "spark"):
         rejected = assert_ledger(tmp_path / engine, listed)

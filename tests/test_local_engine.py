@@ -36,12 +36,9 @@ def digest_tree(out: pathlib.Path, kinds=("parquet", "rejects")) -> dict[str, st
 @pytest.fixture(scope="module")
 def subset_dir(digits_dir, tmp_path_factory):
     """240 real digits (every 7th file, 10 classes)."""
-    root = tmp_path_factory.mktemp("subset") / "digits"
-    for path in sorted(digits_dir.rglob("*.png"))[::7][:240]:
-        rel = path.relative_to(digits_dir)
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, root / rel)
-    return root
+    from conftest import copy_digits
+
+    return copy_digits(digits_dir, tmp_path_factory.mktemp("subset") / "digits", step=7, limit=240)
 
 
 def test_ledger_with_bad_files_mixed_into_real_digits(mixed_dir, spec_file, tmp_path):

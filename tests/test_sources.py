@@ -127,7 +127,8 @@ def test_fsspec_uris_list_and_read_through_fsspec(digits_dir, tmp_path):
     """An object-store-like URI (fsspec's in-memory file system) goes through the fsspec code path."""
     import fsspec
 
-    from featurelib.run import plan, process_shard
+    from featurelib.plan import plan
+    from featurelib.shard import process_shard
     from featurelib.spec import RunSpec
 
     fs = fsspec.filesystem("memory")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from featurelib import registry
 from featurelib.descriptors._checks import check_rgb_uint8
 
 #: Value range of each channel per colour space, as OpenCV's 8-bit conversions produce.
@@ -147,8 +148,8 @@ def intensity_histogram(image: np.ndarray, *, bins: int = 256) -> np.ndarray:
 
     Parameters
     ----------
-    image : (H, W, 3) uint8 ndarray
-        RGB image, converted with :func:`to_gray`.
+    image : (H, W) or (H, W, 3) uint8 ndarray
+        Grayscale image, or an RGB image converted with :func:`to_gray`.
     bins : int, optional
         Number of uniform bins over [0, 256); value ``v`` goes to ``floor(v * bins / 256)``.
 
@@ -160,10 +161,48 @@ def intensity_histogram(image: np.ndarray, *, bins: int = 256) -> np.ndarray:
     Raises
     ------
     ValueError
-        If `image` is not (H, W, 3) uint8 or `bins` is not in [1, 256].
+        If `image` is not (H, W) or (H, W, 3) uint8 or `bins` is not in [1, 256].
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= 256:
         raise ValueError(f"bins must be an integer in [1, 256], got {bins!r}")
-    gray = to_gray(image)
+    gray = image if getattr(image, "ndim", 0) == 2 and image.dtype == np.uint8 and image.size else to_gray(image)
     counts = cv2.calcHist([gray], [0], None, [bins], [0, 256]).reshape(-1).astype(np.float64)
     return (counts / gray.size).astype(np.float32)
+
+
+# --- declarations (the registry imports this module on first lookup) ---------------------
+
+
+def _check_color_hist(params: dict, report) -> dict:
+    try:
+        bins = list(normalize_bins(params["bins"]))
+    except ValueError as exc:
+        report(str(exc))
+        bins = params["bins"]
+    if params["color_space"] not in COLOR_SPACE_RANGES:
+        report(f"color_space must be one of {sorted(COLOR_SPACE_RANGES)}, got {params['color_space']!r}")
+    return {"bins": bins, "color_space": params["color_space"]}
+
+
+def _check_intensity_hist(params: dict, report) -> dict:
+    bins = params["bins"]
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 256:
+        report(f"bins must be an integer in [1, 256], got {bins!r}")
+    return {"bins": bins}
+
+
+def _color_hist_dim(params: dict, size: tuple[int, int]) -> int:
+    return int(np.prod(normalize_bins(params["bins"])))
+
+
+COLOR_STATS = registry.register(registry.ExtractorDef(
+    name="color_stats", version=1, defaults={}, check=registry.no_params,
+    dim=lambda params, size: 9, handler=registry.per_image(color_stats)))
+
+COLOR_HIST = registry.register(registry.ExtractorDef(
+    name="color_hist", version=1, defaults={"bins": 8, "color_space": "hsv"}, check=_check_color_hist,
+    dim=_color_hist_dim, handler=registry.per_image(color_histogram)))
+
+INTENSITY_HIST = registry.register(registry.ExtractorDef(
+    name="intensity_hist", version=1, defaults={"bins": 256}, check=_check_intensity_hist,
+    dim=lambda params, size: params["bins"], handler=registry.per_image(intensity_histogram), view="gray"))

@@ -1,6 +1,6 @@
 """The ``local`` engine: a process pool, one worker per core. The baseline every engine is measured against.
 
-    featurize run --engine local --spec spec.yaml [--workers N]
+    featurize run --spec spec.yaml [--workers N]
 """
 
 from __future__ import annotations
@@ -16,32 +16,15 @@ from typing import Any
 from featurelib.engines.base import Engine
 from featurelib.errors import UserError
 
-#: glibc settings that stop fresh worker processes paying page faults on every
-#: decoded image (STACK.md: decode 1.1 ms -> 0.6 ms). Read by glibc at start-up,
-#: so they must be in the environment before the workers exist.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
-
-#: One thread per worker for every native library: the parallelism is the pool's.
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def set_worker_environment() -> None:
-    """Put the malloc and thread settings into this process's environment (unless the user set them),
-    so worker processes started from now on inherit them: the local pool, Beam's multi-processing
-    workers and anything else that starts workers from the driver's environment."""
-    for key, value in {**MALLOC_ENV, **THREAD_ENV}.items():
-        os.environ.setdefault(key, value)
-
-
-def worker_init() -> None:
-    """Per-worker setup: single-threaded OpenCV (the pool already uses every core)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
 
 class LocalEngine(Engine):
-    """Runs shard tasks in a ``forkserver`` process pool.
+    """Runs tasks in a ``spawn`` process pool.
+
+    Spawned workers start from the driver's environment as it is when the pool
+    starts, which :func:`featurelib.worker.prepare_driver` has prepared (glibc
+    reads its malloc settings at process start). A ``forkserver`` would hand
+    every later pool the environment of the first one: a long-lived driver
+    (a notebook, a test session) would lose settings changed after it.
 
     Parameters
     ----------
@@ -65,7 +48,7 @@ class LocalEngine(Engine):
             raise UserError(f"--workers must be >= 1, got {args.workers}")
         return cls(args.workers)
 
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str | None = None) -> list[Any]:
         """``[function(item) for item in items]`` in worker processes, in order.
 
         The first failure cancels what has not started and propagates; a dead
@@ -73,12 +56,10 @@ class LocalEngine(Engine):
         """
         if not items:
             return []
-        set_worker_environment()
-        context = multiprocessing.get_context("forkserver")
+        context = multiprocessing.get_context("spawn")
         results: list[Any] = [None] * len(items)
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(items)), mp_context=context, initializer=worker_init
-        ) as pool:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(self.workers, len(items)),
+                                                    mp_context=context) as pool:
             futures = {pool.submit(function, item): index for index, item in enumerate(items)}
             try:
                 for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):

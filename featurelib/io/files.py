@@ -13,9 +13,22 @@ FAILED = "_FAILED.json"
 FEATURES_H5 = "hdf5/features.h5"
 TMP_MARK = ".tmp-"
 
+STATS = "stats.json"
+ARTIFACTS = "artifacts"
+WORK = "_work"
+
 #: (kind, folder, extension) of every per-shard file, in the order a task renames them.
 #: The rejects file goes last: its presence under its final name means the shard is complete.
-SHARD_FILES = {"parquet": ("parquet", "parquet"), "hdf5": ("hdf5", "h5"), "rejects": ("rejects", "parquet")}
+SHARD_FILES = {"parquet": ("parquet", "parquet"), "hdf5": ("hdf5", "h5"), "stats": ("stats", "json"),
+               "rejects": ("rejects", "parquet")}
+
+#: Every entry of an output that is featurelib's (``--overwrite`` deletes only these).
+LAYOUT_ENTRIES = (MANIFEST, FAILED, "parquet", "hdf5", "rejects", "stats", STATS, ARTIFACTS, WORK)
+
+
+def shard_kinds(formats) -> tuple[str, ...]:
+    """Every per-shard file kind of a run writing `formats`, in rename order (rejects last)."""
+    return (*formats, "stats", "rejects")
 
 
 def shard_relpath(kind: str, shard: int, n_shards: int) -> str:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from featurelib import contract as c
 from featurelib.io import files as layout
 from featurelib.schema import OutputSchema
-
-_DATASETS = ("features", "labels", "keys", "split", "aug_index")
 
 
 def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_names: list[str]) -> int:
@@ -37,14 +36,14 @@ def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_
     for task in tasks:
         rel = layout.shard_relpath("hdf5", task.shard, task.n_shards)
         with h5py.File(os.path.join(root, rel), "r") as shard:
-            sources.append((os.path.basename(rel), shard["features"].shape[0]))
+            sources.append((os.path.basename(rel), shard[c.H5_FEATURES].shape[0]))
     total = sum(n for _, n in sources)
     dim = schema.total_dim
     strings = h5py.string_dtype("utf-8")
-    shapes = {"features": ((dim,), np.float32), "labels": ((), np.int32), "keys": ((), strings),
-              "split": ((), strings), "aug_index": ((), np.int16)}
+    shapes = {c.H5_FEATURES: ((dim,), np.float32), c.H5_LABELS: ((), np.int32), c.H5_KEYS: ((), strings),
+              c.H5_SPLIT: ((), strings), c.H5_AUG_INDEX: ((), np.int16)}
     if schema.pixels:
-        shapes["images"] = ((*schema.image_size, 3), np.uint8)
+        shapes[c.H5_IMAGES] = ((*schema.image_size, 3), np.uint8)
     path = os.path.join(root, layout.FEATURES_H5)
     tmp = layout.temp_path(path)
     with h5py.File(tmp, "w", libver=("v110", "latest")) as out:
@@ -56,10 +55,10 @@ def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_
                     virtual[start : start + n] = h5py.VirtualSource(filename, name, shape=(n, *tail))
                 start += n
             out.create_virtual_dataset(name, virtual, fillvalue=None)
-        out.create_dataset("label_names", data=np.array(label_names, dtype=object), dtype=strings)
-        out.attrs["columns"] = json.dumps(schema.column_ranges())
-        out.attrs["feature_fingerprint"] = schema.feature_fingerprint
-        out.attrs["run_fingerprint"] = schema.run_fingerprint
+        out.create_dataset(c.H5_LABEL_NAMES, data=np.array(label_names, dtype=object), dtype=strings)
+        out.attrs[c.H5_ATTR_COLUMNS] = json.dumps(schema.column_ranges())
+        out.attrs[c.H5_ATTR_FEATURE_FP] = schema.feature_fingerprint
+        out.attrs[c.H5_ATTR_RUN_FP] = schema.run_fingerprint
         out.attrs["shards"] = json.dumps([{"file": f, "rows": n} for f, n in sources])
     os.replace(tmp, path)
     return total

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from featurelib import contract as c
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
 
@@ -47,9 +48,9 @@ def read_shard_keys(path: str) -> dict[str, list]:
     import h5py
 
     with h5py.File(path, "r") as shard:
-        keys = list(shard["keys"].asstr()[:])
-        aug = [int(a) for a in shard["aug_index"][:]]
-    sources = [k if a == 0 else k[: -len(f"#aug{a}")] for k, a in zip(keys, aug)]
+        keys = list(shard[c.H5_KEYS].asstr()[:])
+        aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
+    sources = [c.source_of(k, a) for k, a in zip(keys, aug)]
     return {"key": keys, "source_key": sources, "aug_index": aug}
 
 
@@ -115,15 +116,15 @@ def read_hdf5(root: str) -> dict[str, Any]:
             raise SchemaError(f"HDF5 shard {info['path']} listed in the manifest is missing")
     # Open by path, never through a Python file object (h5py crashes reading VDS that way).
     with h5py.File(os.path.join(root, layout.FEATURES_H5), "r") as h5:
-        fingerprint = h5.attrs["feature_fingerprint"]
+        fingerprint = h5.attrs[c.H5_ATTR_FEATURE_FP]
         if fingerprint != manifest["feature_fingerprint"]:
             raise SchemaError("features.h5 does not match the manifest's feature_fingerprint")
         return {
-            "features": h5["features"][:],
-            "columns": json.loads(h5.attrs["columns"]),
-            "labels": h5["labels"][:],
-            "keys": list(h5["keys"].asstr()[:]),
-            "split": list(h5["split"].asstr()[:]),
-            "label_names": list(h5["label_names"].asstr()[:]),
+            "features": h5[c.H5_FEATURES][:],
+            "columns": json.loads(h5.attrs[c.H5_ATTR_COLUMNS]),
+            "labels": h5[c.H5_LABELS][:],
+            "keys": list(h5[c.H5_KEYS].asstr()[:]),
+            "split": list(h5[c.H5_SPLIT].asstr()[:]),
+            "label_names": list(h5[c.H5_LABEL_NAMES].asstr()[:]),
             "feature_fingerprint": fingerprint,
         }

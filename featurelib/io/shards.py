@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featurelib.io.files import FileInfo, shard_relpath, temp_path
-from featurelib.schema import REJECT_SCHEMA, OutputSchema
+from featurelib import contract as c
+from featurelib.io.files import FileInfo, shard_kinds, shard_relpath, temp_path
+from featurelib.schema import OutputSchema
 
 #: Rows per Parquet row group / HDF5 append. Small enough to keep memory flat
 #: with pixels stored (64 x 150 KB), large enough for columnar efficiency.
@@ -58,10 +59,6 @@ class RejectRow:
     detail: str
 
 
-_IDENTITY = ("key", "source_key", "aug_index", "uri", "label", "label_name", "split",
-             "sha256", "orig_height", "orig_width", "orig_format")
-
-
 class _ParquetSink:
     def __init__(self, path: str, schema: OutputSchema) -> None:
         self.schema = schema
@@ -70,7 +67,7 @@ class _ParquetSink:
 
     def write(self, rows: list[Row]) -> None:
         arrays = []
-        for name, field in zip(_IDENTITY, self.arrow_schema):
+        for name, field in zip(c.IDENTITY_COLUMNS, self.arrow_schema):
             arrays.append(pa.array([getattr(r, name) for r in rows], type=field.type))
         for index, column in enumerate(self.schema.columns):
             flat = np.concatenate([r.features[index] for r in rows]).astype(np.float32, copy=False)
@@ -94,24 +91,24 @@ class _Hdf5Sink:
         self.h5 = h5py.File(path, "w", libver=("v110", "latest"))
         strings = h5py.string_dtype("utf-8")
         dim = schema.total_dim
-        self.features = self.h5.create_dataset("features", shape=(0, dim), maxshape=(None, dim),
+        self.features = self.h5.create_dataset(c.H5_FEATURES, shape=(0, dim), maxshape=(None, dim),
                                                dtype=np.float32, chunks=(BATCH_ROWS, max(dim, 1)))
-        self.labels = self.h5.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int32,
+        self.labels = self.h5.create_dataset(c.H5_LABELS, shape=(0,), maxshape=(None,), dtype=np.int32,
                                              chunks=(1024,))
-        self.keys = self.h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
-        self.split = self.h5.create_dataset("split", shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
+        self.keys = self.h5.create_dataset(c.H5_KEYS, shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
+        self.split = self.h5.create_dataset(c.H5_SPLIT, shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
         # Not in the contract's minimum, but lets the ledger be read from HDF5-only outputs.
-        self.aug_index = self.h5.create_dataset("aug_index", shape=(0,), maxshape=(None,), dtype=np.int16,
+        self.aug_index = self.h5.create_dataset(c.H5_AUG_INDEX, shape=(0,), maxshape=(None,), dtype=np.int16,
                                                 chunks=(1024,))
         self.images = None
         if schema.pixels:
             h, w = schema.image_size
-            self.images = self.h5.create_dataset("images", shape=(0, h, w, 3), maxshape=(None, h, w, 3),
+            self.images = self.h5.create_dataset(c.H5_IMAGES, shape=(0, h, w, 3), maxshape=(None, h, w, 3),
                                                  dtype=np.uint8, chunks=(1, h, w, 3))
-        self.h5.create_dataset("label_names", data=np.array(label_names, dtype=object), dtype=strings)
-        self.h5.attrs["columns"] = json.dumps(schema.column_ranges())
-        self.h5.attrs["feature_fingerprint"] = schema.feature_fingerprint
-        self.h5.attrs["run_fingerprint"] = schema.run_fingerprint
+        self.h5.create_dataset(c.H5_LABEL_NAMES, data=np.array(label_names, dtype=object), dtype=strings)
+        self.h5.attrs[c.H5_ATTR_COLUMNS] = json.dumps(schema.column_ranges())
+        self.h5.attrs[c.H5_ATTR_FEATURE_FP] = schema.feature_fingerprint
+        self.h5.attrs[c.H5_ATTR_RUN_FP] = schema.run_fingerprint
         self.rows = 0
 
     def write(self, rows: list[Row]) -> None:
@@ -150,7 +147,7 @@ class ShardWriter:
     def __init__(self, root: str, shard: int, n_shards: int, schema: OutputSchema,
                  formats: tuple[str, ...], label_names: list[str]) -> None:
         self.root, self.shard, self.n_shards = root, shard, n_shards
-        self.final = {kind: shard_relpath(kind, shard, n_shards) for kind in (*formats, "rejects")}
+        self.final = {kind: shard_relpath(kind, shard, n_shards) for kind in shard_kinds(formats)}
         self.temps: dict[str, str] = {}
         for kind, rel in self.final.items():
             os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
@@ -182,20 +179,28 @@ class ShardWriter:
         for sink in self.sinks:
             sink.write(rows)
 
-    def close(self) -> list[FileInfo]:
-        """Flush, close and rename every file into place (rejects last); return their infos."""
+    def close(self, *, stats: str) -> list[FileInfo]:
+        """Flush, close and rename every file into place (rejects last); return their infos.
+
+        Parameters
+        ----------
+        stats : str
+            The shard's statistics accumulator, serialised (``stats/part-*.json``).
+        """
         if self.pending:
             self._flush(self.pending)
             self.pending = []
         for sink in self.sinks:
             sink.close()
-        table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rejects], schema=REJECT_SCHEMA)
+        with open(self.temps["stats"], "w", encoding="utf-8") as handle:
+            handle.write(stats)
+        table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rejects], schema=c.REJECT_SCHEMA)
         pq.write_table(table, self.temps["rejects"], compression=PARQUET_COMPRESSION)
         infos = []
-        for kind in sorted(self.final, key=lambda k: k == "rejects"):
+        for kind in self.final:  # shard_kinds order: the rejects file is renamed last
             target = os.path.join(self.root, self.final[kind])
             os.replace(self.temps[kind], target)
-            rows = len(self.rejects) if kind == "rejects" else self.rows
+            rows = len(self.rejects) if kind == "rejects" else 0 if kind == "stats" else self.rows
             infos.append(FileInfo.of(self.root, self.final[kind], kind=kind, shard=self.shard, rows=rows))
         return infos
 

@@ -1,0 +1,76 @@
+"""Step one of every run, on the driver: list the inputs and group them into shard tasks.
+
+A :class:`ShardTask` is plain, picklable data carrying the spec as JSON; the
+same task list feeds every pass of the run (pre-passes and the main pass) on
+every engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from featurelib.sources import SourceRecord, is_local, list_inputs, shard_of
+from featurelib.spec import RunSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactRef:
+    """A fitted artefact a task's extractors load: ``OUT/<path>``, checked against its sha256."""
+
+    column: str
+    what: str
+    path: str  # relative to the output root
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """Everything one worker needs to process one shard (no rows cross processes)."""
+
+    spec_json: str
+    shard: int
+    n_shards: int
+    output: str
+    label_names: tuple[str, ...]
+    records: tuple[SourceRecord, ...]
+    artifacts: tuple[ArtifactRef, ...] = ()
+
+
+def resolve_paths(spec: RunSpec) -> RunSpec:
+    """Make local input and output paths absolute, so workers anywhere agree."""
+    spec.require_paths()
+    overrides = {}
+    if is_local(spec.input.path):
+        overrides["input"] = os.path.abspath(spec.input.path.removeprefix("file://"))
+    if is_local(spec.output.path):
+        overrides["output"] = os.path.abspath(spec.output.path.removeprefix("file://"))
+    return spec.with_overrides(**overrides)
+
+
+def plan(spec: RunSpec) -> list[ShardTask]:
+    """List the inputs and build one task per shard (empty shards included: each writes its files).
+
+    Raises
+    ------
+    UserError
+        If the input cannot be listed (missing folder, bad manifest, no files).
+    """
+    spec = resolve_paths(spec)
+    listing = list_inputs(
+        spec.input.path,
+        storage_options=spec.input.storage_options,
+        labels=spec.labels,
+        seed=spec.seed,
+        fractions={"train": spec.split.train, "val": spec.split.val, "test": spec.split.test},
+        by_content=spec.split.by == "content",
+    )
+    n_shards = spec.output.shard_count(len(listing.records))
+    grouped: list[list[SourceRecord]] = [[] for _ in range(n_shards)]
+    for record in listing.records:
+        grouped[shard_of(record.source_key, n_shards)].append(record)
+    spec_json = spec.to_json()
+    return [
+        ShardTask(spec_json, shard, n_shards, spec.output.path, listing.label_names, tuple(records))
+        for shard, records in enumerate(grouped)
+    ]

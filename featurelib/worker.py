@@ -1,0 +1,152 @@
+"""What every engine's worker process does first, and what it keeps between tasks.
+
+One module for the local pool, Beam and Spark workers alike:
+
+* :func:`environment` is the set of environment variables a worker needs
+  before it starts (glibc's malloc thresholds are read at process start-up,
+  OpenMP and TensorFlow read their thread counts when they initialise); the
+  driver puts it into its own environment (:func:`prepare_driver`) so that
+  process pools and Beam workers inherit it, and Spark passes it as
+  ``spark.executorEnv.*``;
+* :func:`setup` applies the thread limit inside a running worker (OpenCV,
+  already loaded BLAS / OpenMP pools, TensorFlow when imported), once per
+  process and setting;
+* :func:`cached` is the per-process state cache (the parsed spec, loaded
+  extractor handlers: CNN weights load once per process, never per task), and
+  :func:`teardown` releases it.
+
+Engines never call these directly: they map a :class:`WorkerCall`, which runs
+:func:`setup` before the task's function in whatever process the engine chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+#: glibc settings that stop fresh worker processes paying page faults on every
+#: decoded image (measured: decode 1.1 ms -> 0.6 ms per 500x375 JPEG). Read by glibc
+#: at start-up, so they must be in the environment before the workers exist.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+
+#: Variables that bound each native library's thread pool, set to the run's
+#: ``execution.threads_per_worker`` (the engine's parallelism is its processes).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """The run settings a worker applies to itself (from the spec's ``execution`` section)."""
+
+    threads: int = 1
+
+
+def environment(settings: WorkerSettings) -> dict[str, str]:
+    """Environment variables a worker process needs from its start: malloc and thread limits."""
+    threads = str(settings.threads)
+    return {**MALLOC_ENV, **{name: threads for name in THREAD_VARIABLES}}
+
+
+def prepare_driver(settings: WorkerSettings) -> None:
+    """Put :func:`environment` into this (the driver's) environment, so workers started from now
+    on inherit it. Malloc settings the user set are kept; thread limits follow the run setting."""
+    for key, value in environment(settings).items():
+        if key in MALLOC_ENV:
+            os.environ.setdefault(key, value)
+        else:
+            os.environ[key] = value
+
+
+_APPLIED: WorkerSettings | None = None
+
+
+def setup(settings: WorkerSettings) -> None:
+    """Apply `settings` in this process (idempotent; cheap when nothing changed)."""
+    global _APPLIED
+    if _APPLIED == settings:
+        return
+    import cv2
+
+    for name in THREAD_VARIABLES:  # for libraries initialised later in this process
+        os.environ[name] = str(settings.threads)
+    cv2.setNumThreads(settings.threads)
+    with contextlib.suppress(ImportError):  # BLAS / OpenMP pools already loaded (numpy, scikit-learn)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(settings.threads)
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None:  # imported already: its pools may exist; set what can still change
+        with contextlib.suppress(RuntimeError):
+            tensorflow.config.threading.set_intra_op_parallelism_threads(settings.threads)
+            tensorflow.config.threading.set_inter_op_parallelism_threads(settings.threads)
+    _APPLIED = settings
+
+
+def applied(_item: Any = None) -> dict[str, Any]:
+    """What this process runs with (mappable: tests read it back from inside each engine's workers)."""
+    import cv2
+
+    return {"pid": os.getpid(), "cv2_threads": cv2.getNumThreads(),
+            "env": {k: os.environ.get(k) for k in (*MALLOC_ENV, *THREAD_VARIABLES)},
+            "settings": dataclasses.asdict(_APPLIED) if _APPLIED else None}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerCall:
+    """A picklable ``function(item)`` that first runs :func:`setup` in the worker process.
+
+    What every engine maps: the same setup whichever process the engine chose.
+    """
+
+    function: Callable[[Any], Any]
+    settings: WorkerSettings
+
+    def __call__(self, item: Any) -> Any:
+        setup(self.settings)
+        return self.function(item)
+
+
+# --- per-process state ---------------------------------------------------------------
+
+_STATE: dict[Any, Any] = {}
+_BUILDS = 0
+
+
+def cached(key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
+    """The state for `key`, built by `build()` the first time in this process.
+
+    One key at a time: a new key tears the previous state down first, so a
+    long-lived worker never accumulates models of earlier runs.
+
+    Returns
+    -------
+    (state, built) : the state, and whether this call built it.
+    """
+    global _BUILDS
+    if key in _STATE:
+        return _STATE[key], False
+    teardown()
+    state = build()
+    _STATE[key] = state
+    _BUILDS += 1
+    return state, True
+
+
+def builds() -> int:
+    """How many times this process built state (tests count loads with it)."""
+    return _BUILDS
+
+
+def teardown() -> None:
+    """Release the cached state: ``close()`` whatever holds resources."""
+    for state in _STATE.values():
+        close = getattr(state, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # releasing must not mask the reason we are here
+                close()
+    _STATE.clear()
