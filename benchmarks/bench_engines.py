@@ -71,7 +71,7 @@ TARGET = 0.85
 _RESULT = "BENCH_RESULT "
 _MARK = "BENCH_MARK "
 _SPARK_CONF_ENV = "FEATURELIB_BENCH_SPARK_CONF"
-_STAGES = ("read_s", "decode_s", "preprocess_s", "augment_s", "extract_s", "write_s")
+_STAGES = ("read_s", "decode_s", "preprocess_s", "augment_s", "extract_s", "stats_s", "write_s")
 
 
 def make_engine(name: str):
@@ -145,28 +145,33 @@ def child(engine_name: str, rows_per_shard: int, outbase: str, corpora: list[tup
             result = one_run(engine, data, os.path.join(outbase, label), rows_per_shard)
             print(_RESULT + json.dumps({"label": label, **result}), flush=True)
     finally:
-        if engine_name == "spark" and engine._spark is not None:
-            engine._spark.stop()
+        engine.close()
     return 0
 
 
 def worker_probe(_item):
     """What a worker process sees: the settings that decide the kernel's speed."""
-    import cv2
+    from featurelib import worker
 
-    return {"pid": os.getpid(), "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cv2_threads": cv2.getNumThreads(),
-            "python_threads": threading.active_count()}
+    seen = worker.applied()
+    return {"pid": seen["pid"], "mallopt": seen["mallopt"], "OMP_NUM_THREADS": seen["env"]["OMP_NUM_THREADS"],
+            "cv2_threads": seen["cv2_threads"], "python_threads": threading.active_count()}
 
 
 def probe(engine_name: str) -> int:
-    """``engine.map(worker_probe, ...)``: for Spark (and local) the very path shard tasks take."""
+    """``engine.map(WorkerCall(worker_probe), ...)``: the very path every pass's tasks take."""
+    import tempfile
+
+    from featurelib import worker
+
     engine = make_engine(engine_name)
+    settings = worker.WorkerSettings(threads=1)
+    worker.prepare_driver(settings)
     try:
-        seen = engine.map(worker_probe, list(range(4)))
+        with tempfile.TemporaryDirectory(prefix="featurelib-probe-") as work:
+            seen = engine.map(worker.WorkerCall(worker_probe, settings), list(range(4)), work_dir=work)
     finally:
-        if engine_name == "spark" and engine._spark is not None:
-            engine._spark.stop()
+        engine.close()
     print(_RESULT + json.dumps({"workers": {str(s["pid"]): s for s in seen}}), flush=True)
     return 0
 
@@ -311,11 +316,11 @@ def format_report(report: dict) -> str:
             shown = " ".join(f"{k}={v}" for k, v in (env or {}).items()) if env else "(exited before it was seen)"
             lines.append(f"  {engine:<6} pid {pid}: {shown}")
     if report.get("worker_probe"):
-        lines.append("worker processes of engine.map (a probe function; Beam's run path also calls "
-                     "cv2.setNumThreads(1) in ProcessShard.setup):")
+        lines.append("worker processes of engine.map (a probe through featurelib.worker.WorkerCall, "
+                     "as every pass):")
         for engine, workers in report["worker_probe"].items():
             for pid, seen in sorted(workers.items()):
-                lines.append(f"  {engine:<6} pid {pid}: MALLOC_MMAP_THRESHOLD_={seen['MALLOC_MMAP_THRESHOLD_']} "
+                lines.append(f"  {engine:<6} pid {pid}: mallopt={seen['mallopt']} "
                              f"OMP_NUM_THREADS={seen['OMP_NUM_THREADS']} cv2 threads={seen['cv2_threads']} "
                              f"python threads={seen['python_threads']}")
     return "\n".join(lines)

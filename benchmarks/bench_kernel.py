@@ -503,7 +503,7 @@ class _MatmulHandler:
 
 
 def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1024) -> dict:
-    """Kernel extraction path (bounded batches of 64) vs the same function once on the whole array."""
+    """Kernel extraction path (bounded batches of 64 and of 256) vs the same function once on the whole array."""
     import cv2
     import numpy as np
 
@@ -514,37 +514,41 @@ def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1
     registry.register(registry.ExtractorDef(
         name="bench_matmul", version=1, defaults={}, check=registry.no_params,
         dim=lambda params, size: 512, handler=_MatmulHandler))
-    spec = RunSpec.from_dict({"features": [{"name": "bench_matmul"}], "image": {"size": [64, 64]},
-                              "input": {"path": data}, "output": {"path": os.path.join(scratch, "unused")}})
-    computer = FeatureComputer(spec)
+    computers = {}
+    for batch in (64, 256):
+        spec = RunSpec.from_dict({"features": [{"name": "bench_matmul"}], "image": {"size": [64, 64]},
+                                  "execution": {"batch_size": batch}})
+        computers[batch] = FeatureComputer(spec)
     paths = sorted(glob.glob(os.path.join(data, "*", "*.jpg")))
     images = []
     while len(images) < n_images:
         for path in paths[: n_images - len(images)]:
             images.append(cv2.resize(cv2.imread(path)[:, :, ::-1], (64, 64), interpolation=cv2.INTER_AREA))
     whole = np.stack(images)
-    handler = computer.handlers[0]
-    kernel_out = np.stack([r[0] for r in computer.extract(images)])
-    np.testing.assert_allclose(kernel_out, handler.extract_batch(whole), rtol=1e-5, atol=1e-5)
-    kernel_cpu, whole_cpu = [], []
+    handler = computers[64].handlers[0]
+    for computer in computers.values():
+        kernel_out = np.stack([r[0] for r in computer.extract(images)])
+        np.testing.assert_allclose(kernel_out, handler.extract_batch(whole), rtol=1e-4, atol=1e-4)
+    cpu: dict[str, list[float]] = {"kernel-64": [], "kernel-256": [], "one call": []}
+    calls = {"kernel-64": lambda: computers[64].extract(images), "kernel-256": lambda: computers[256].extract(images),
+             "one call": lambda: handler.extract_batch(whole)}
     for rep in range(repeats):
         wait_quiet(log)
-        for side in ("kernel", "whole") if rep % 2 == 0 else ("whole", "kernel"):
+        order = list(calls) if rep % 2 == 0 else list(reversed(calls))
+        for side in order:
             c0 = time.process_time()
-            if side == "kernel":
-                computer.extract(images)
-                kernel_cpu.append(time.process_time() - c0)
-            else:
-                handler.extract_batch(whole)
-                whole_cpu.append(time.process_time() - c0)
-        log(f"  repeat {rep + 1}/{repeats}: kernel {n_images / kernel_cpu[-1]:.0f} img/s per CPU-s, "
-            f"one call {n_images / whole_cpu[-1]:.0f}")
-    ratios = [w / k for k, w in zip(kernel_cpu, whole_cpu)]
-    return {"images": n_images, "batch_size": computer.batch_size, "repeats": repeats,
-            "kernel_img_s": round(n_images / median(kernel_cpu), 1),
-            "one_call_img_s": round(n_images / median(whole_cpu), 1),
-            "ratio_kernel_over_one_call": round(median(ratios), 3),
-            "ratio_runs": [round(r, 3) for r in ratios]}
+            calls[side]()
+            cpu[side].append(time.process_time() - c0)
+        log(f"  repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {n_images / v[-1]:.0f} img/s per CPU-s"
+                                                        for k, v in cpu.items()))
+    out = {"images": n_images, "repeats": repeats,
+           "one_call_img_s": round(n_images / median(cpu["one call"]), 1)}
+    for batch in (64, 256):
+        ratios = [w / k for k, w in zip(cpu[f"kernel-{batch}"], cpu["one call"])]
+        out[f"batch_{batch}"] = {"kernel_img_s": round(n_images / median(cpu[f"kernel-{batch}"]), 1),
+                                 "ratio_kernel_over_one_call": round(median(ratios), 3),
+                                 "ratio_runs": [round(r, 3) for r in ratios]}
+    return out
 
 
 # --- part 2: local engine, 1 vs 2 workers ---------------------------------------------
@@ -661,13 +665,12 @@ def format_report(report: dict) -> str:
     ]
     b = report.get("batching")
     if b:
-        lines += [
-            "",
-            (f"batched extractor (matrix product, 64x64x3 -> 512) through the kernel (batches of "
-             f"{b['batch_size']}) vs one call on all {b['images']} images, CPU time, median of {b['repeats']}:"),
-            f"  kernel {b['kernel_img_s']:.0f} img/s, one call {b['one_call_img_s']:.0f} img/s, "
-            f"ratio {b['ratio_kernel_over_one_call']:.3f} (per repeat {b['ratio_runs']})",
-        ]
+        lines += ["", (f"batched extractor (matrix product, 64x64x3 -> 512) through the kernel vs one call on all "
+                       f"{b['images']} images ({b['one_call_img_s']:.0f} img/s), CPU time, median of {b['repeats']}:")]
+        for batch in (64, 256):
+            r = b[f"batch_{batch}"]
+            lines.append(f"  batches of {batch:3d}: {r['kernel_img_s']:.0f} img/s, ratio "
+                         f"{r['ratio_kernel_over_one_call']:.3f} (per repeat {r['ratio_runs']})")
     if s:
         lines += [
             "",

@@ -10,7 +10,7 @@
 
 One master bound to 127.0.0.1 and N workers (default 2), worker i bound to
 127.0.0.i: two addresses, so speculative execution can run copies of a task on
-another worker (it never does between workers on one address; STACK.md). The
+another worker (it never does between workers on one address, measured). The
 pip package has no ``sbin/start-master.sh``: every daemon is
 ``$SPARK_HOME/bin/spark-class org.apache.spark.deploy.{master.Master,worker.Worker}``
 in its own session (process group), with ``SPARK_HOME`` = the installed

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from featurelib.errors import UserError
 from featurelib.exits import EXIT_ERROR, EXIT_OK, EXIT_USER, with_exit_codes
@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--scale", type=int, default=1, help="repeat the set this many times (benchmarks)")
 
-    compare = sub.add_parser("compare", help="check that outputs hold byte-identical Parquet shards and rejects")
+    compare = sub.add_parser("compare", help="check that outputs hold byte-identical Parquet shards, rejects, "
+                                             "statistics and artefacts")
     compare.add_argument("outputs", nargs="+")
 
     inspect = sub.add_parser("inspect", help="describe a committed output")
@@ -115,8 +116,10 @@ def _compare(args: argparse.Namespace) -> int:
     from featurelib.io.readers import load_manifest
 
     def fingerprint(manifest):
-        # Parquet and reject bytes are engine-independent by design; HDF5 bytes are not compared.
-        return sorted((f["path"], f["sha256"]) for f in manifest["files"] if f["kind"] in ("parquet", "rejects"))
+        # Parquet, reject, statistics and artefact bytes are engine-independent by design;
+        # HDF5 bytes are not compared.
+        return sorted((f["path"], f["sha256"]) for f in manifest["files"]
+                      if f["kind"] in ("parquet", "rejects", "stats", "stats_summary", "artifact"))
 
     manifests = [load_manifest(path) for path in args.outputs]
     reference = fingerprint(manifests[0])
@@ -126,7 +129,8 @@ def _compare(args: argparse.Namespace) -> int:
         same &= agrees
         print(f"{'same' if agrees else 'DIFFERENT':<10}{manifest['engine']:<7}{path}  "
               f"({len(reference)} files, counts {manifest['counts']})")
-    print("outputs agree: identical Parquet shards and rejects" if same else "outputs differ")
+    print("outputs agree: identical Parquet shards, rejects, statistics and artefacts" if same
+          else "outputs differ")
     return EXIT_OK if same else EXIT_ERROR
 
 

@@ -220,8 +220,6 @@ def write_failed(root: str, spec: RunSpec, error: str, *, kind: str, ledger: Led
     if ledger is not None:
         document["counts"] = ledger.counts()
         document["top_reasons"] = dict(Counter(ledger.rejects_by_reason).most_common(5))
-    try:
+    with contextlib.suppress(OSError):  # the output itself may be what failed; the error still reaches the user
         os.makedirs(root, exist_ok=True)
         _write_json(root, layout.FAILED, document)
-    except OSError:
-        pass  # the output itself may be what failed; the error still reaches the user

@@ -133,6 +133,8 @@ class FeatureComputer:
         stacks = {"rgb": np.stack(images)}
         if "gray" in self.views:  # one conversion per image, shared by every grayscale descriptor
             stacks["gray"] = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in images])
+        for stack in stacks.values():  # shared by every column: no handler may change another's input
+            stack.flags.writeable = False
         results: list[list[np.ndarray] | ExtractFailure] = [[] for _ in range(n)]
         for column, handler, view, dim in zip(self.columns, self.handlers, self.views, self.dims):
             alive = [i for i in range(n) if not isinstance(results[i], ExtractFailure)]
@@ -141,24 +143,27 @@ class FeatureComputer:
             batch = stacks[view] if len(alive) == n else stacks[view][alive]
             try:
                 matrix = _checked(handler.extract_batch(batch), len(alive), dim)
-                rows = {i: matrix[j] for j, i in enumerate(alive)}
             except FATAL:
                 raise
             except Exception:  # one bad image must cost one reject: retry image by image
-                rows = {}
+                done, vectors = [], []
                 for j, i in enumerate(alive):
                     try:
-                        rows[i] = _checked(handler.extract_batch(batch[j : j + 1]), 1, dim)[0]
+                        vectors.append(_checked(handler.extract_batch(batch[j : j + 1]), 1, dim)[0])
+                        done.append(i)
                     except FATAL:
                         raise
                     except Exception as exc:
                         results[i] = ExtractFailure(column, "extract_failed", f"{column}: {type(exc).__name__}: {exc}",
                                                     exc)
-            for i, vector in rows.items():
-                if not np.isfinite(vector).all():
-                    results[i] = ExtractFailure(column, "non_finite", f"{column}: NaN or infinity in the output")
-                else:
+                alive = done
+                matrix = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
+            finite = np.isfinite(matrix).all(axis=1)
+            for i, vector, ok in zip(alive, matrix, finite):
+                if ok:
                     results[i].append(vector)
+                else:
+                    results[i] = ExtractFailure(column, "non_finite", f"{column}: NaN or infinity in the output")
         return results
 
 

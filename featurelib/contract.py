@@ -9,8 +9,6 @@ can use it freely.
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 
 #: Version of the output layout; a rename or removal bumps it (additions do not).
@@ -64,16 +62,12 @@ H5_SPLIT = "split"              # (N,) UTF-8
 H5_AUG_INDEX = "aug_index"      # (N,) int16 (lets the ledger be read from HDF5-only outputs)
 H5_IMAGES = "images"            # (N, H, W, 3) uint8, with output.pixels
 H5_LABEL_NAMES = "label_names"  # (C,) UTF-8 dataset (an attribute over 64 KB fails)
-#: Per-row datasets, in the order writers append them.
-H5_ROW_DATASETS = (H5_FEATURES, H5_LABELS, H5_KEYS, H5_SPLIT, H5_AUG_INDEX)
 #: File attributes: JSON ``[{name, start, stop}]`` and the two fingerprints.
 H5_ATTR_COLUMNS = "columns"
 H5_ATTR_FEATURE_FP = "feature_fingerprint"
 H5_ATTR_RUN_FP = "run_fingerprint"
 
 # --- variant keys -------------------------------------------------------------------
-
-_VARIANT = re.compile(r"^(?P<source>.*)#aug(?P<n>[1-9][0-9]*)$", re.DOTALL)
 
 
 def variant_key(source_key: str, aug_index: int) -> str:

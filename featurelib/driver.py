@@ -225,6 +225,8 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
         kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
         write_failed(spec.output.path, spec, f"{type(exc).__name__}: {exc}", kind=kind, artifacts=artifacts)
         raise
+    finally:
+        remove_work(spec.output.path)
     return RunReport(manifest, time.time() - started)
 
 

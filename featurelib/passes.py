@@ -97,6 +97,15 @@ def sample_shard(task: ShardTask, columns: tuple[str, ...]) -> dict[str, list[np
     """
     spec = _spec(task.spec_json)
     decoder = make_decoder(spec)
+    try:
+        return _sample(task, spec, decoder, columns)
+    finally:
+        close = getattr(getattr(decoder, "__self__", None), "close", None)
+        if close is not None:  # the isolated decoder's child process
+            close()
+
+
+def _sample(task: ShardTask, spec: RunSpec, decoder, columns: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
     features = {f.column: f for f in spec.features}
     timings: Counter = Counter()
     out: dict[str, list[np.ndarray]] = {}
@@ -190,7 +199,12 @@ def prepare_artifacts(spec: RunSpec, tasks: Sequence[ShardTask], map_pass: MapPa
         path = os.path.join(root, relpath)
         saved = saved_artifact_path(spec, feature.column)
         if reuse and os.path.isfile(path):
-            refs[feature.column] = ArtifactRef(feature.column, artifact.what, relpath, layout.file_sha256(path))
+            digest = layout.file_sha256(path)
+            if saved and layout.file_sha256(saved) != digest:
+                raise UserError(f"feature {feature.column!r}: the saved artefact {saved!r} differs from the one "
+                                f"this output was written with ({relpath}); --resume cannot mix them: run "
+                                f"without --resume to rewrite the output, or choose another --output")
+            refs[feature.column] = ArtifactRef(feature.column, artifact.what, relpath, digest)
         elif saved:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = layout.temp_path(path)

@@ -62,7 +62,7 @@ def plan(spec: RunSpec) -> list[ShardTask]:
         storage_options=spec.input.storage_options,
         labels=spec.labels,
         seed=spec.seed,
-        fractions={"train": spec.split.train, "val": spec.split.val, "test": spec.split.test},
+        fractions=spec.split.fractions(),
         by_content=spec.split.by == "content",
     )
     n_shards = spec.output.shard_count(len(listing.records))

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -132,7 +132,8 @@ class ArtifactDef:
         ``sample(params, image, rng) -> ndarray``: a small sample of one image
         (in the declaration's view), `rng` seeded per image.
     fit : callable
-        ``fit(params, samples, seed) -> bytes``; `samples` in shard, then key order.
+        ``fit(params, samples, seed) -> bytes``; `samples` in shard order, and within a
+        shard in the order the pre-pass drew them (a stable hash of seed, column and key).
     param : str or None
         A parameter that may name a saved artefact file instead of fitting one.
         It is left out of the feature's identity: the file enters the fingerprint

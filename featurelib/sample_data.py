@@ -1,7 +1,7 @@
 """Small, real, labelled image sets built from images bundled with the libraries.
 
 Every set is written as ``root/<label>/<file>``: one folder per class, the
-folder name is the label (the layout ``input.path`` expects, CONTRACT.md
+folder name is the label (the layout ``input.path`` expects, docs/CONTRACT.md
 "Record identity, labels, splits, shards"). Nothing is downloaded: the sources
 are the files that ship inside the scikit-learn and scikit-image wheels, so a
 sample can be built offline, in CI, or on a cluster node without network.

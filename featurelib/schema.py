@@ -48,8 +48,10 @@ class OutputSchema:
     @classmethod
     def from_spec(cls, spec: RunSpec, artifacts: Mapping[str, str] | None = None) -> OutputSchema:
         """The schema of a run of `spec` whose pre-passes fitted `artifacts` ({column: sha256})."""
+        # A saved artefact's path is where a file was, not what the column holds: left out
+        # (its content hash is in the fingerprint), so the bytes do not depend on it.
         columns = tuple(
-            Column(f.column, f.name, f.version, dict(f.params), dim) for f, dim in spec.feature_dims()
+            Column(f.column, f.name, f.version, f.identity()["params"], dim) for f, dim in spec.feature_dims()
         )
         # The spec stamped into shards leaves out secrets, the output path (where the
         # file lies is not part of what it holds) and execution settings, so the same
@@ -57,6 +59,8 @@ class OutputSchema:
         stamped = spec.to_dict(secrets=False)
         stamped["output"].pop("path", None)
         stamped.pop("execution", None)
+        stamped["features"] = [{**entry, "params": f.identity()["params"]}
+                               for entry, f in zip(stamped["features"], spec.features)]
         return cls(columns, tuple(spec.image.size), spec.output.pixels, canonical_json(stamped),
                    spec.feature_fingerprint(artifacts), spec.run_fingerprint(artifacts), spec.run_fingerprint())
 
@@ -77,7 +81,7 @@ class OutputSchema:
         return ranges
 
     def metadata(self) -> dict[bytes, bytes]:
-        """Parquet schema metadata (CONTRACT.md): spec, fingerprints, columns."""
+        """Parquet schema metadata (docs/CONTRACT.md): spec, fingerprints, columns."""
         return {
             b"featurelib.spec": self.spec_json.encode(),
             b"featurelib.feature_fingerprint": self.feature_fingerprint.encode(),

@@ -74,6 +74,9 @@ class ShardState:
 
     def close(self) -> None:
         self.computer.close()
+        close_decoder = getattr(getattr(self.decoder, "__self__", None), "close", None)
+        if close_decoder is not None:  # the isolated decoder's child process
+            close_decoder()
 
 
 def load_artifacts(output: str, refs) -> dict[str, dict[str, bytes]]:
@@ -168,8 +171,7 @@ def read_and_decode(record: SourceRecord, spec: RunSpec, decoder, timings: Count
         return _reject(record, "decode", exc.reason, exc.detail)
     finally:
         timings["decode_s"] += time.perf_counter() - t1
-    split = record.split or split_of(spec.seed, sha, {"train": spec.split.train, "val": spec.split.val,
-                                                      "test": spec.split.test})
+    split = record.split or split_of(spec.seed, sha, spec.split.fractions())
     return sha, decoded, split
 
 
@@ -317,7 +319,6 @@ def process_shard(task: ShardTask) -> ShardResult:
     metrics = {
         "pid": os.getpid(),
         "state_built": built,
-        "state_builds": worker.builds(),
         "sources": len(records),
         "written_sources": run.writer.sources,
         "written_rows": run.writer.rows,

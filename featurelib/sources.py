@@ -1,6 +1,6 @@
 """Listing inputs and reading their bytes: folders or manifests, local paths or fsspec URIs.
 
-Identity rules (CONTRACT.md, "Record identity"): the ``source_key`` of a file
+Identity rules (docs/CONTRACT.md, "Record identity"): the ``source_key`` of a file
 under a folder root is its path relative to the root with ``/`` separators; of
 a manifest row, its ``id`` (default: its ``uri``). Labels come from the first
 folder under the root (files directly in the root are unlabelled) or from the

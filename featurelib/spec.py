@@ -234,6 +234,10 @@ class SplitSpec:
             raise SpecError(f"split fractions must sum to 1, got {fractions}")
         return cls(**fractions, by=_choice(section.get("by", "key"), ("key", "content"), "split.by"))
 
+    def fractions(self) -> dict[str, float]:
+        """``{split name: fraction}`` in :data:`~featurelib.contract.SPLITS` order."""
+        return {name: getattr(self, name) for name in SPLITS}
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputSpec:
@@ -359,7 +363,7 @@ _TOP_LEVEL = ("spec_version", "input", "labels", "seed", "image", "decode", "aug
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """A validated, immutable run spec (see CONTRACT.md for every key)."""
+    """A validated, immutable run spec (see docs/CONTRACT.md for every key)."""
 
     features: tuple[FeatureSpec, ...]
     input: InputSpec = InputSpec()
@@ -428,7 +432,7 @@ class RunSpec:
             "failures": problems.attempt(lambda: FailuresSpec.parse(doc.get("failures")), FailuresSpec()),
             "execution": problems.attempt(lambda: ExecutionSpec.parse(doc.get("execution")), ExecutionSpec()),
         }
-        if not problems.messages:  # every extractor must accept the image size
+        if not any(m.startswith("image.") for m in problems.messages):  # every extractor must take the size
             for feature in features:
                 problems.attempt(lambda f=feature: registry.get(f.name).output_dim(f.params, parts["image"].size))
         problems.raise_if_any()
@@ -464,7 +468,8 @@ class RunSpec:
         spec = self
         if threads_per_worker is not None or batch_size is not None:
             execution = ExecutionSpec.parse({
-                "threads_per_worker": threads_per_worker or self.execution.threads_per_worker,
+                "threads_per_worker": (threads_per_worker if threads_per_worker is not None
+                                       else self.execution.threads_per_worker),
                 "batch_size": batch_size if batch_size is not None else self.execution.batch_size})
             spec = dataclasses.replace(spec, execution=execution)
         if input is not None:

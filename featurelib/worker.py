@@ -8,9 +8,11 @@ One module for the local pool, Beam and Spark workers alike:
   driver puts it into its own environment (:func:`prepare_driver`) so that
   process pools and Beam workers inherit it, and Spark passes it as
   ``spark.executorEnv.*``;
-* :func:`setup` applies the thread limit inside a running worker (OpenCV,
-  already loaded BLAS / OpenMP pools, TensorFlow when imported), once per
-  process and setting;
+* :func:`setup` applies the settings inside a running worker, once per process
+  and setting: glibc's malloc thresholds through ``mallopt`` (so a worker
+  forked from a server started with another environment gets them too), and
+  the thread limit (OpenCV, already loaded BLAS / OpenMP pools, TensorFlow when
+  imported);
 * :func:`cached` is the per-process state cache (the parsed spec, loaded
   extractor handlers: CNN weights load once per process, never per task), and
   :func:`teardown` releases it.
@@ -21,6 +23,7 @@ Engines never call these directly: they map a :class:`WorkerCall`, which runs
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -47,31 +50,60 @@ class WorkerSettings:
 
 
 def environment(settings: WorkerSettings) -> dict[str, str]:
-    """Environment variables a worker process needs from its start: malloc and thread limits."""
+    """Environment variables a worker process needs from its start: malloc and thread limits,
+    and the extractor plugin modules the driver uses (a remote worker must register them too)."""
+    from featurelib.registry import PLUGINS_ENV
+
     threads = str(settings.threads)
-    return {**MALLOC_ENV, **{name: threads for name in THREAD_VARIABLES}}
+    env = {**MALLOC_ENV, **{name: threads for name in THREAD_VARIABLES}}
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    return env
 
 
 def prepare_driver(settings: WorkerSettings) -> None:
     """Put :func:`environment` into this (the driver's) environment, so workers started from now
     on inherit it. Malloc settings the user set are kept; thread limits follow the run setting."""
     for key, value in environment(settings).items():
-        if key in MALLOC_ENV:
+        if key not in THREAD_VARIABLES:
             os.environ.setdefault(key, value)
         else:
             os.environ[key] = value
 
 
 _APPLIED: WorkerSettings | None = None
+_MALLOPT: dict[str, bool] = {}
+
+# mallopt(3) parameter numbers (glibc's malloc.h): the same settings as MALLOC_ENV.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _apply_malloc() -> dict[str, bool]:
+    """Set glibc's trim and mmap thresholds in this process (what MALLOC_ENV does at start-up).
+
+    Returns ``{setting: applied}``; everything False where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: the environment variables are all there is
+        return {"mmap_threshold": False, "trim_threshold": False}
+    return {"mmap_threshold": bool(mallopt(_M_MMAP_THRESHOLD, int(MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))),
+            "trim_threshold": bool(mallopt(_M_TRIM_THRESHOLD, int(MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"])))}
 
 
 def setup(settings: WorkerSettings) -> None:
     """Apply `settings` in this process (idempotent; cheap when nothing changed)."""
-    global _APPLIED
+    global _APPLIED, _MALLOPT
     if _APPLIED == settings:
         return
     import cv2
 
+    if not _MALLOPT:
+        _MALLOPT = _apply_malloc()
     for name in THREAD_VARIABLES:  # for libraries initialised later in this process
         os.environ[name] = str(settings.threads)
     cv2.setNumThreads(settings.threads)
@@ -91,7 +123,12 @@ def applied(_item: Any = None) -> dict[str, Any]:
     """What this process runs with (mappable: tests read it back from inside each engine's workers)."""
     import cv2
 
-    return {"pid": os.getpid(), "cv2_threads": cv2.getNumThreads(),
+    blas = []
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({info["num_threads"] for info in threadpool_info()})
+    return {"pid": os.getpid(), "cv2_threads": cv2.getNumThreads(), "mallopt": dict(_MALLOPT), "pool_threads": blas,
             "env": {k: os.environ.get(k) for k in (*MALLOC_ENV, *THREAD_VARIABLES)},
             "settings": dataclasses.asdict(_APPLIED) if _APPLIED else None}
 
@@ -114,7 +151,6 @@ class WorkerCall:
 # --- per-process state ---------------------------------------------------------------
 
 _STATE: dict[Any, Any] = {}
-_BUILDS = 0
 
 
 def cached(key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
@@ -127,19 +163,14 @@ def cached(key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
     -------
     (state, built) : the state, and whether this call built it.
     """
-    global _BUILDS
     if key in _STATE:
         return _STATE[key], False
+    if not _STATE:
+        atexit.register(teardown)  # idempotent: a worker that exits releases what it loaded
     teardown()
     state = build()
     _STATE[key] = state
-    _BUILDS += 1
     return state, True
-
-
-def builds() -> int:
-    """How many times this process built state (tests count loads with it)."""
-    return _BUILDS
 
 
 def teardown() -> None:

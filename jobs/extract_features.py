@@ -64,16 +64,20 @@ class SparkEngine(Engine):
 
     @property
     def spark(self):
+        return self._session(None)
+
+    def _session(self, settings):
+        """The session, built on first use with the first pass's worker settings."""
         if self._spark is None:
             from jobs.session import build_session
 
-            self._spark = build_session(self.master, self.conf)
+            self._spark = build_session(self.master, self.conf, settings=settings)
         return self._spark
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str | None = None) -> list[Any]:
         if not items:
             return []
-        context = self.spark.sparkContext
+        context = self._session(getattr(function, "settings", None)).sparkContext
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
         return context.parallelize(list(items), len(items)).map(function).collect()
 

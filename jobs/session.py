@@ -33,8 +33,12 @@ DEFAULTS: dict[str, str] = {
 }
 
 
-def build_session(master: str | None = None, conf: Mapping[str, str] | None = None, app_name: str = "featurelib"):
-    """Get or create the SparkSession (``master`` None: whatever spark-submit set, else local[*])."""
+def build_session(master: str | None = None, conf: Mapping[str, str] | None = None, app_name: str = "featurelib",
+                  settings=None):
+    """Get or create the SparkSession (``master`` None: whatever spark-submit set, else local[*]).
+
+    `settings` (a :class:`featurelib.worker.WorkerSettings`, default one thread) gives the
+    executors' worker environment."""
     from pyspark.sql import SparkSession
 
     # Executors run the same interpreter as the driver unless the cluster says otherwise.
@@ -48,7 +52,8 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
 
     # Executors start Python workers before any task runs: they need the worker
     # environment from the start (glibc reads its malloc settings at start-up).
-    executor_env = {f"spark.executorEnv.{k}": v for k, v in worker.environment(worker.WorkerSettings()).items()}
+    settings = settings or worker.WorkerSettings()
+    executor_env = {f"spark.executorEnv.{k}": v for k, v in worker.environment(settings).items()}
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)

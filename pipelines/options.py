@@ -1,7 +1,8 @@
 """Pipeline options: featurelib's own flags next to every Beam flag.
 
     python -m pipelines.extract_features --spec S [--input P] [--output P] [--shards N]
-        [--resume | --overwrite] [any Beam flag: --runner, --direct_num_workers, ...]
+        [--threads_per_worker N] [--batch_size N] [--resume | --overwrite]
+        [any Beam flag: --runner, --direct_num_workers, ...]
 """
 
 from __future__ import annotations

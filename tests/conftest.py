@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
 import shutil
@@ -24,6 +25,10 @@ PLUGINS = ROOT / "tests" / "plugins"
 sys.path.insert(0, str(PLUGINS))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p)
 os.environ["FEATURELIB_PLUGINS"] = "featurelib_testplugins"
+# Where test handlers log their loads (tests/plugins): fixed before any worker starts, since
+# local workers fork from a server that keeps the environment it started with.
+LOAD_LOG = pathlib.Path(os.environ.setdefault("FEATURELIB_TEST_LOAD_LOG", f"/tmp/featurelib-loads-{os.getpid()}.txt"))
+atexit.register(LOAD_LOG.unlink, missing_ok=True)
 
 # Fault injection (featurelib.shard.FAULT_ENV): set before any engine starts its workers,
 # armed per test by writing the file (see arm_fault).

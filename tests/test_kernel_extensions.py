@@ -23,7 +23,7 @@ from featurelib import cli, registry, worker
 from featurelib.descriptors.color import intensity_histogram
 from featurelib.driver import execute
 from featurelib.engines.local import LocalEngine
-from featurelib.errors import SpecError
+from featurelib.errors import SpecError, UserError
 from featurelib.io.readers import read_parquet
 from featurelib.plan import plan
 from featurelib.shard import process_shard
@@ -69,14 +69,12 @@ def run_on(engine, spec_path, inp, out, logs=None, **kwargs):
 def fitted_run(corpus, fitted_spec, tmp_path_factory):
     """The fitted spec on the local engine (2 workers), with every handler load logged."""
     root, _ = corpus
+    from conftest import LOAD_LOG
+
     out = tmp_path_factory.mktemp("fitted") / "local"
-    load_log = out.parent / "loads.txt"
-    os.environ["FEATURELIB_TEST_LOAD_LOG"] = str(load_log)
-    try:
-        manifest = run_on(LocalEngine(2), fitted_spec, root, out)
-    finally:
-        del os.environ["FEATURELIB_TEST_LOAD_LOG"]
-    return out, manifest, load_log.read_text().split("\n")[:-1]
+    LOAD_LOG.write_text("")
+    manifest = run_on(LocalEngine(2), fitted_spec, root, out)
+    return out, manifest, LOAD_LOG.read_text().split("\n")[:-1]
 
 
 # --- the extractor protocol ----------------------------------------------------------------------
@@ -92,6 +90,22 @@ def test_per_image_adapter_and_gray_view_match_the_plain_function(real_images):
     assert out.dtype == np.float32 and out.shape == (3, 32)
     for row, image in zip(out, images):
         np.testing.assert_array_equal(row, intensity_histogram(image, bins=32))
+
+
+def test_per_image_extractors_give_the_same_values_whatever_the_batch_size(real_images):
+    from featurelib.compute import FeatureComputer
+
+    images = [cv2.resize(image, (48, 40), interpolation=cv2.INTER_AREA) for image in real_images.values()] * 3
+    outputs = []
+    for batch in (1, 4, 64):
+        spec = RunSpec.from_dict({"features": [{"name": "color_stats"}, {"name": "intensity_hist", "params": {"bins": 16}},
+                                               {"name": "color_hist", "params": {"bins": 4, "color_space": "lab"}}],
+                                  "image": {"size": [40, 48]}, "execution": {"batch_size": batch}})
+        computer = FeatureComputer(spec)
+        assert computer.batch_size == batch
+        outputs.append(np.stack([np.concatenate(r) for r in computer.extract(images)]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
 def test_a_spec_with_several_mistakes_lists_them_all():
@@ -197,7 +211,16 @@ def test_a_saved_artefact_is_reused_not_refitted_and_gives_the_same_fingerprint(
     manifest = run_on(LocalEngine(2), spec, root, tmp_path / "o", logs)
     assert not any("'sample'" in line for line in logs), logs
     assert manifest["feature_fingerprint"] == ref_manifest["feature_fingerprint"]
-    assert digest_tree(tmp_path / "o", ("artifacts",)) == digest_tree(reference, ("artifacts",))
+    # the same bytes as the run that fitted it: the saved file's path is in no shard
+    assert digest_tree(tmp_path / "o", KINDS) == digest_tree(reference, KINDS)
+    # resuming with another saved artefact would mix features: refused
+    other = tmp_path / "other-constant.json"
+    other.write_text(json.dumps({"mean_gray": 1.0}))
+    features[2]["params"]["constant"] = str(other)
+    with pytest.raises(UserError, match="differs from the one this output was written with"):
+        run_on(LocalEngine(2), spec_file(features=features, execution={"batch_size": 8},
+                                         failures={"max_reject_fraction": 0.05}, output={"shards": 3}),
+               root, tmp_path / "o", resume=True)
     # a saved artefact that does not exist: one clear message before any image is read
     features[2]["params"]["constant"] = str(tmp_path / "missing.json")
     code = cli.main(["run", "--spec", str(spec_file(features=features)), "--input", str(root),
@@ -288,8 +311,8 @@ def test_every_engine_worker_applies_the_run_settings(engine_name, spark, tmp_pa
         assert report["settings"] == {"threads": 2}
         for name in worker.THREAD_VARIABLES:
             assert report["env"][name] == "2", (name, report)
-        assert report["env"]["MALLOC_MMAP_THRESHOLD_"] == "67108864"
-        assert report["env"]["MALLOC_TRIM_THRESHOLD_"] == "134217728"
+        assert report["mallopt"] == {"mmap_threshold": True, "trim_threshold": True}
+        assert report["pool_threads"] == [2], report  # BLAS / OpenMP pools as loaded, read back by threadpoolctl
 
 
 # --- engines by name ------------------------------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Writers and readers of the output layout (CONTRACT.md, "Output")."""
+"""Writers and readers of the output layout (docs/CONTRACT.md, "Output layout")."""

@@ -83,7 +83,7 @@ class _ParquetSink:
 
 
 class _Hdf5Sink:
-    """Resizable, chunked datasets appended batch by batch (HDF5 layout of CONTRACT.md)."""
+    """Resizable, chunked datasets appended batch by batch (HDF5 layout of docs/CONTRACT.md)."""
 
     def __init__(self, path: str, schema: OutputSchema, label_names: list[str]) -> None:
         import h5py
