@@ -127,7 +127,7 @@ def one_run(engine, data: str, output: str, rows_per_shard: int) -> dict:
         "tasks": len(shards),
         "pids": len({s["pid"] for s in shards}),
         "worker_pids": sorted({s["pid"] for s in shards}),
-        "max_state_builds": max(s["state_builds"] for s in shards),
+        "state_builds": sum(bool(s.get("state_built")) for s in shards),
         "task_s": sum(s["seconds"] for s in shards),
         "window_s": window,
         "idle_s": {"head": head, "between_tasks": gaps, "tail": tail, "no_task": idle_workers * window},
@@ -248,7 +248,7 @@ def analyse(runs: dict, n_warm: int, n_small: int, n_large: int, repeats: int) -
                                    round(median([b["foreign_cores"] for _, b in pairs]), 2)],
             "tasks_N_2N": [pairs[0][0]["tasks"], pairs[0][1]["tasks"]],
             "worker_pids_2N": pairs[0][1]["pids"],
-            "state_builds_first_run": max(t["cold"]["max_state_builds"] for t in triples),
+            "state_builds_first_run": max(t["cold"]["state_builds"] for t in triples),
             "worker_env_2N": triples[-1]["2N"].get("worker_env", {}),
         }
     base = out["local"]

@@ -502,8 +502,15 @@ class _MatmulHandler:
         pass
 
 
+BATCHES = (64, 256, 1024)
+
+
 def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1024) -> dict:
-    """Kernel extraction path (bounded batches of 64 and of 256) vs the same function once on the whole array."""
+    """A batched extractor three ways, alternated: through the kernel (``FeatureComputer.extract``
+    with ``execution.batch_size`` b), the same function called directly on consecutive slices of b
+    images, and the function once on the whole array. kernel / direct is what the kernel's batching
+    costs; direct / one call is what smaller calls cost the function itself (BLAS packs its weights
+    once per call)."""
     import cv2
     import numpy as np
 
@@ -515,7 +522,7 @@ def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1
         name="bench_matmul", version=1, defaults={}, check=registry.no_params,
         dim=lambda params, size: 512, handler=_MatmulHandler))
     computers = {}
-    for batch in (64, 256):
+    for batch in BATCHES:
         spec = RunSpec.from_dict({"features": [{"name": "bench_matmul"}], "image": {"size": [64, 64]},
                                   "execution": {"batch_size": batch}})
         computers[batch] = FeatureComputer(spec)
@@ -525,29 +532,34 @@ def bench_batching(data: str, repeats: int, scratch: str, log, n_images: int = 1
         for path in paths[: n_images - len(images)]:
             images.append(cv2.resize(cv2.imread(path)[:, :, ::-1], (64, 64), interpolation=cv2.INTER_AREA))
     whole = np.stack(images)
-    handler = computers[64].handlers[0]
+    handler = computers[BATCHES[0]].handlers[0]
     for computer in computers.values():
         kernel_out = np.stack([r[0] for r in computer.extract(images)])
         np.testing.assert_allclose(kernel_out, handler.extract_batch(whole), rtol=1e-4, atol=1e-4)
-    cpu: dict[str, list[float]] = {"kernel-64": [], "kernel-256": [], "one call": []}
-    calls = {"kernel-64": lambda: computers[64].extract(images), "kernel-256": lambda: computers[256].extract(images),
-             "one call": lambda: handler.extract_batch(whole)}
+    calls = {"one call": lambda: handler.extract_batch(whole)}
+    for batch in BATCHES:
+        calls[f"kernel-{batch}"] = lambda b=batch: computers[b].extract(images)
+        calls[f"direct-{batch}"] = lambda b=batch: [handler.extract_batch(whole[i : i + b])
+                                                    for i in range(0, n_images, b)]
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
     for rep in range(repeats):
         wait_quiet(log)
-        order = list(calls) if rep % 2 == 0 else list(reversed(calls))
-        for side in order:
+        for side in list(calls) if rep % 2 == 0 else list(reversed(calls)):
             c0 = time.process_time()
             calls[side]()
             cpu[side].append(time.process_time() - c0)
-        log(f"  repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {n_images / v[-1]:.0f} img/s per CPU-s"
-                                                        for k, v in cpu.items()))
-    out = {"images": n_images, "repeats": repeats,
-           "one_call_img_s": round(n_images / median(cpu["one call"]), 1)}
-    for batch in (64, 256):
-        ratios = [w / k for k, w in zip(cpu[f"kernel-{batch}"], cpu["one call"])]
-        out[f"batch_{batch}"] = {"kernel_img_s": round(n_images / median(cpu[f"kernel-{batch}"]), 1),
-                                 "ratio_kernel_over_one_call": round(median(ratios), 3),
-                                 "ratio_runs": [round(r, 3) for r in ratios]}
+        log(f"  repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {n_images / v[-1]:.0f}" for k, v in cpu.items())
+            + " img/s per CPU-s")
+    out = {"images": n_images, "repeats": repeats, "one_call_img_s": round(n_images / median(cpu["one call"]), 1)}
+    for batch in BATCHES:
+        kernel, direct = cpu[f"kernel-{batch}"], cpu[f"direct-{batch}"]
+        out[f"batch_{batch}"] = {
+            "kernel_img_s": round(n_images / median(kernel), 1),
+            "direct_img_s": round(n_images / median(direct), 1),
+            "ratio_kernel_over_direct": round(median([d / k for k, d in zip(kernel, direct)]), 3),
+            "ratio_kernel_over_one_call": round(median([w / k for k, w in zip(kernel, cpu["one call"])]), 3),
+            "ratio_direct_over_one_call": round(median([w / d for d, w in zip(direct, cpu["one call"])]), 3),
+        }
     return out
 
 
@@ -605,7 +617,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shards", type=int, default=8, help="shards of the scaling runs")
     parser.add_argument("--data", help="folder to build/reuse the corpora in (default: a temporary folder)")
     parser.add_argument("--json", metavar="OUT", help="also write every figure to OUT as JSON")
-    parser.add_argument("--skip-scaling", action="store_true", help="part 1 only")
+    parser.add_argument("--skip-scaling", action="store_true", help="no part 2 (local engine scaling)")
+    parser.add_argument("--only-batching", action="store_true", help="part 3 only")
     args = parser.parse_args(argv)
     _ensure_worker_env()
     scratch, base = scratch_dirs("featurelib-bench-kernel-", args.data)
@@ -613,11 +626,11 @@ def main(argv=None) -> int:
         info = machine()
         data, n = photos_corpus(base, args.scale, log)
         log(f"kernel vs plain loop on {n} images, {args.repeats} repeats")
-        kernel = bench_kernel(data, n, args.repeats, scratch, log)
-        log(f"batched extractor through the kernel vs one call, {args.repeats} repeats")
+        kernel = None if args.only_batching else bench_kernel(data, n, args.repeats, scratch, log)
+        log(f"batched extractor through the kernel vs direct calls, {args.repeats} repeats")
         batching = bench_batching(data, args.repeats, scratch, log)
         scaling = None
-        if not args.skip_scaling:
+        if not (args.skip_scaling or args.only_batching):
             data4, n4 = photos_corpus(base, 4 * args.scale, log)
             log(f"local engine 1 vs 2 workers on {n4} images, {args.repeats} repeats")
             scaling = bench_scaling(data4, n4, args.repeats, scratch, args.shards, log)
@@ -641,6 +654,9 @@ def format_report(report: dict) -> str:
     lines = [
         (f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']}; "
         f"load average {m['loadavg_start']:.2f} -> {m.get('loadavg_end', float('nan')):.2f}; {m['date']}"),
+    ]
+    if k:
+        lines += [
         "",
         (f"kernel (process_shard, 1 thread) vs plain OpenCV/numpy loop, photos {k['images']} images, "
         f"median of {k['repeats']}:"),
@@ -665,12 +681,13 @@ def format_report(report: dict) -> str:
     ]
     b = report.get("batching")
     if b:
-        lines += ["", (f"batched extractor (matrix product, 64x64x3 -> 512) through the kernel vs one call on all "
-                       f"{b['images']} images ({b['one_call_img_s']:.0f} img/s), CPU time, median of {b['repeats']}:")]
-        for batch in (64, 256):
+        lines += ["", (f"batched extractor (matrix product, 64x64x3 -> 512), {b['images']} images, CPU time, median "
+                       f"of {b['repeats']} (one call on the whole array: {b['one_call_img_s']:.0f} img/s):"),
+                  "  batch   kernel img/s   kernel/direct   kernel/one call   direct/one call"]
+        for batch in BATCHES:
             r = b[f"batch_{batch}"]
-            lines.append(f"  batches of {batch:3d}: {r['kernel_img_s']:.0f} img/s, ratio "
-                         f"{r['ratio_kernel_over_one_call']:.3f} (per repeat {r['ratio_runs']})")
+            lines.append(f"  {batch:5d}   {r['kernel_img_s']:12.0f}   {r['ratio_kernel_over_direct']:13.3f}   "
+                         f"{r['ratio_kernel_over_one_call']:15.3f}   {r['ratio_direct_over_one_call']:15.3f}")
     if s:
         lines += [
             "",
