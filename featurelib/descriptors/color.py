@@ -33,19 +33,21 @@ def _channel_counts(image: np.ndarray) -> np.ndarray:
     )
 
 
-def color_stats(image: np.ndarray) -> np.ndarray:
+def color_stats(image: np.ndarray, *, color_space: str = "rgb") -> np.ndarray:
     """Per-channel mean, standard deviation and skewness.
 
     Parameters
     ----------
     image : (H, W, 3) uint8 ndarray
         RGB image.
+    color_space : {'rgb', 'hsv', 'lab'}, optional
+        Space of the channels (OpenCV's 8-bit conversions, see the module docstring).
 
     Returns
     -------
     stats : (9,) float32 ndarray
-        ``[mean_R, std_R, skew_R, mean_G, std_G, skew_G, mean_B, std_B, skew_B]``
-        on the 0..255 scale. Standard deviation and skewness are the population
+        ``[mean_0, std_0, skew_0, mean_1, std_1, skew_1, mean_2, std_2, skew_2]``
+        for the channels of `color_space` (R, G, B by default) on their 8-bit scale. Standard deviation and skewness are the population
         (biased) moments, as ``numpy.std`` and ``scipy.stats.skew(bias=True)``;
         the skewness of a flat channel (std 0) is defined here as 0.
 
@@ -60,7 +62,7 @@ def color_stats(image: np.ndarray) -> np.ndarray:
         If `image` is not (H, W, 3) uint8.
     """
     check_rgb_uint8(image)
-    counts = _channel_counts(image)
+    counts = _channel_counts(np.ascontiguousarray(convert_color(image, color_space)))
     n = counts[0].sum()
     values = np.arange(256, dtype=np.float64)
     mean = counts @ values / n
@@ -173,6 +175,12 @@ def intensity_histogram(image: np.ndarray, *, bins: int = 256) -> np.ndarray:
 # --- declarations (the registry imports this module on first lookup) ---------------------
 
 
+def _check_color_space(params: dict, report) -> dict:
+    if params["color_space"] not in COLOR_SPACE_RANGES:
+        report(f"color_space must be one of {sorted(COLOR_SPACE_RANGES)}, got {params['color_space']!r}")
+    return dict(params)
+
+
 def _check_color_hist(params: dict, report) -> dict:
     try:
         bins = list(normalize_bins(params["bins"]))
@@ -196,7 +204,7 @@ def _color_hist_dim(params: dict, size: tuple[int, int]) -> int:
 
 
 COLOR_STATS = registry.register(registry.ExtractorDef(
-    name="color_stats", version=1, defaults={}, check=registry.no_params,
+    name="color_stats", version=1, defaults={"color_space": "rgb"}, check=_check_color_space,
     dim=lambda params, size: 9, handler=registry.per_image(color_stats)))
 
 COLOR_HIST = registry.register(registry.ExtractorDef(
