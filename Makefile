@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-engines clean
+.PHONY: install demo test bench bench-descriptors bench-engines clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernel.py
+
+# each hand-crafted extractor against the reference it equals (about 1 minute)
+bench-descriptors: install
+	$(BIN)/python benchmarks/bench_descriptors.py
 
 # Beam and Spark against the local engine (about 6 minutes, needs Java 17)
 bench-engines: install

@@ -145,3 +145,83 @@ def test_color_stats_in_other_colour_spaces_equal_numpy_moments(real_images, spa
         expected = np.stack([converted.mean(axis=0), converted.std(axis=0), skew], axis=1).reshape(-1)
         np.testing.assert_allclose(color_stats(image, color_space=space), expected, rtol=1e-5, atol=1e-4,
                                    err_msg=name)
+
+
+# --- lbp ------------------------------------------------------------------------------------------------
+
+
+LBP_CASES = [(8, 1), (16, 2), (24, 3), (8, 2.5)]
+
+
+@pytest.mark.parametrize("points,radius", LBP_CASES)
+def test_lbp_codes_equal_scikit_image_for_every_method(grays, points, radius):
+    from skimage.feature import local_binary_pattern
+
+    from featurelib.descriptors.texture import LBP_METHODS, lbp_codes
+
+    for method in LBP_METHODS:
+        if method in ("default", "ror") and points > 16:
+            continue
+        for name, gray in grays.items():
+            expected = local_binary_pattern(gray, points, radius, method)
+            np.testing.assert_array_equal(lbp_codes(gray, points, radius, method), expected,
+                                          err_msg=f"{name} P={points} R={radius} {method}")
+
+
+def test_lbp_histograms_equal_histograms_of_scikit_image_codes(grays):
+    from skimage.feature import local_binary_pattern
+
+    from featurelib.descriptors.texture import lbp
+
+    gray = grays["chelsea"]
+    for method, bins in (("uniform", 10), ("nri_uniform", 59), ("default", 256), ("ror", 256)):
+        codes = local_binary_pattern(gray, 8, 1, method).astype(int)
+        expected = np.bincount(codes.ravel(), minlength=bins) / codes.size
+        np.testing.assert_allclose(lbp(gray, method=method), expected, rtol=0, atol=1e-7)
+    # a 2 x 3 grid: each cell's histogram, concatenated row-major, each summing to 1
+    codes = local_binary_pattern(gray, 8, 1, "uniform").astype(int)
+    out = lbp(gray, grid=(2, 3)).reshape(6, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    cell = codes[112:224, 74:149]  # row 1 of [0, 112, 224], column 1 of [0, 74, 149, 224]
+    np.testing.assert_allclose(out[4], np.bincount(cell.ravel(), minlength=10) / cell.size, atol=1e-7)
+
+
+def test_lbp_var_leaves_flat_neighbourhoods_out(grays):
+    from skimage.feature import local_binary_pattern
+
+    from featurelib.descriptors.texture import lbp
+
+    gray = grays["coffee"]
+    variance = local_binary_pattern(gray, 8, 1, "var")
+    finite = variance[np.isfinite(variance)]
+    expected = np.bincount(np.minimum((finite * 16 / 4096).astype(int), 15), minlength=16) / finite.size
+    np.testing.assert_allclose(lbp(gray, method="var", bins=16, range=(0, 4096)), expected, atol=1e-7)
+    black = lbp(np.zeros((32, 32), np.uint8), method="var")  # every sample 0 (outside is 0 too): no variance
+    assert black.shape == (16,) and not black.any()  # no finite value: all zeros
+
+
+@pytest.mark.parametrize("method", ["uniform", "ror"])
+def test_lbp_8_1_rotation_invariant_histograms(grays, method):
+    from featurelib.descriptors.texture import lbp
+
+    for name, gray in grays.items():
+        base = lbp(gray, method=method)
+        for k in (1, 2, 3):
+            np.testing.assert_allclose(lbp(np.ascontiguousarray(np.rot90(gray, k)), method=method), base,
+                                       atol=1e-7, err_msg=f"{name} k={k}")
+
+
+def test_lbp_declared_length_and_degenerate_images():
+    definition = registry.get("lbp")
+    cases = [({}, 10), ({"method": "nri_uniform"}, 59), ({"points": 16, "radius": 2, "method": "ror"}, 65536),
+             ({"method": "var", "bins": 32}, 32), ({"grid": [4, 4]}, 160), ({"points": 24, "radius": 3}, 26)]
+    for params, dim in cases:
+        normalized = definition.normalize_params(params)
+        assert definition.output_dim(normalized, (64, 64)) == dim, params
+        for image in (np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8)):
+            out = definition.build(normalized).extract_batch(image[None])
+            assert out.shape == (1, dim) and np.isfinite(out).all()
+    with pytest.raises(Exception, match="points <= 16"):
+        definition.normalize_params({"points": 24, "method": "default"})
+    # bins and range only matter for var: other methods do not carry them into the fingerprint
+    assert definition.normalize_params({"bins": 99}) == definition.normalize_params({})
