@@ -52,6 +52,9 @@ def cases():
     import cv2
     import numpy as np
     from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+    from skimage.feature import hog as skimage_hog
+
+    from featurelib.descriptors.gradient import hog
 
     from featurelib.descriptors.shape import hu_moments, signed_log10
     from featurelib.descriptors.texture import PROPERTIES, haralick, lbp
@@ -76,6 +79,9 @@ def cases():
         ("lbp (8, 1, nri_uniform) vs skimage", lambda g: lbp(g, method="nri_uniform"),
          skimage_lbp(8, 1, "nri_uniform", 59)),
         ("lbp (24, 3, uniform) vs skimage", lambda g: lbp(g, points=24, radius=3), skimage_lbp(24, 3, "uniform", 26)),
+        ("hog (defaults: 9, 8x8, 3x3, L2-Hys) vs skimage", lambda g: hog(g), lambda g: skimage_hog(g).astype(np.float32)),
+        ("hog (9, 16x16 cells, 2x2 blocks) vs skimage", lambda g: hog(g, pixels_per_cell=(16, 16), cells_per_block=(2, 2)),
+         lambda g: skimage_hog(g, pixels_per_cell=(16, 16), cells_per_block=(2, 2)).astype(np.float32)),
         ("hu_moments vs cv2.HuMoments", hu_moments, hu_reference),
         ("haralick (32 levels, 2 x 4) vs skimage", lambda g: haralick(g, distances=[1, 2], levels=32),
          haralick_reference),

@@ -225,3 +225,48 @@ def test_lbp_declared_length_and_degenerate_images():
         definition.normalize_params({"points": 24, "method": "default"})
     # bins and range only matter for var: other methods do not carry them into the fingerprint
     assert definition.normalize_params({"bins": 99}) == definition.normalize_params({})
+
+
+# --- hog ------------------------------------------------------------------------------------------------
+
+
+HOG_CASES = [
+    {},
+    {"pixels_per_cell": [16, 16], "cells_per_block": [2, 2]},
+    {"orientations": 7, "pixels_per_cell": [5, 6], "cells_per_block": [2, 3], "block_norm": "L1"},
+    {"orientations": 12, "block_norm": "L1-sqrt", "transform_sqrt": True},
+    {"orientations": 4, "block_norm": "L2"},
+]
+
+
+@pytest.mark.parametrize("params", HOG_CASES, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "defaults")
+def test_hog_equals_scikit_image(grays, real_images, params):
+    from skimage.feature import hog as skimage_hog
+
+    from featurelib.descriptors.gradient import hog
+
+    images = dict(grays)
+    images["brick_227x221"] = cv2.resize(__import__("skimage").data.brick(), (227, 221))  # sizes not cell multiples
+    reference_params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    for name, gray in images.items():
+        expected = skimage_hog(gray, feature_vector=True, **reference_params)
+        ours = hog(gray, **params)
+        assert ours.shape == expected.shape, name
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_hog_declared_lengths_and_degenerate_images():
+    definition = registry.get("hog")
+    defaults = definition.normalize_params({})
+    assert definition.output_dim(defaults, (224, 224)) == 54_756  # scikit-image's defaults at 224x224
+    compact = definition.normalize_params({"pixels_per_cell": [16, 16], "cells_per_block": [2, 2]})
+    assert definition.output_dim(compact, (224, 224)) == 6_084
+    for image in (np.zeros((64, 48), np.uint8), np.full((64, 48), 255, np.uint8)):
+        out = definition.build(defaults).extract_batch(image[None])
+        assert out.shape == (1, definition.output_dim(defaults, (64, 48)))
+        np.testing.assert_array_equal(out, 0)  # no gradient: every normalised block is 0
+    from featurelib.errors import SpecError
+    from featurelib.spec import RunSpec
+
+    with pytest.raises(SpecError, match="cannot take image size \\[16, 16\\]: an image of \\[16, 16\\] holds 2 x 2 cells"):
+        RunSpec.from_dict({"features": [{"name": "hog"}], "image": {"size": [16, 16]}})
