@@ -270,3 +270,57 @@ def test_hog_declared_lengths_and_degenerate_images():
 
     with pytest.raises(SpecError, match="cannot take image size \\[16, 16\\]: an image of \\[16, 16\\] holds 2 x 2 cells"):
         RunSpec.from_dict({"features": [{"name": "hog"}], "image": {"size": [16, 16]}})
+
+
+# --- zernike --------------------------------------------------------------------------------------------
+
+
+def test_zernike_equals_a_direct_evaluation_of_the_polynomials(grays):
+    """Pixel by pixel, from the definition: A_nm = (n+1)/pi sum f R_nm(rho) exp(-i m theta), f normalised."""
+    import math
+
+    from featurelib.descriptors.shape import zernike, zernike_orders
+
+    gray = np.ascontiguousarray(grays["coffee"][60:84, 100:120])  # 24 x 20: a non-square crop
+    radius = 9.5
+    h, w = gray.shape
+    inside = [(r, c) for r in range(h) for c in range(w)
+              if math.hypot((c - (w - 1) / 2) / radius, (r - (h - 1) / 2) / radius) <= 1]
+    total = sum(float(gray[r, c]) for r, c in inside)
+    expected = []
+    for n, m in zernike_orders(6):
+        acc = 0j
+        for r, c in inside:
+            x, y = (c - (w - 1) / 2) / radius, (r - (h - 1) / 2) / radius
+            rho, theta = math.hypot(x, y), math.atan2(y, x)
+            radial = sum((-1) ** s * math.factorial(n - s) * rho ** (n - 2 * s)
+                         / (math.factorial(s) * math.factorial((n + m) // 2 - s) * math.factorial((n - m) // 2 - s))
+                         for s in range((n - m) // 2 + 1))
+            acc += gray[r, c] / total * radial * complex(math.cos(m * theta), -math.sin(m * theta))
+        expected.append(abs((n + 1) / math.pi * acc))
+    assert len(expected) == 16
+    np.testing.assert_allclose(zernike(gray, radius=radius, degree=6), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_zernike_is_rotation_invariant(grays):
+    from featurelib.descriptors.shape import zernike
+
+    for name, gray in grays.items():
+        base = zernike(gray)
+        for k in (1, 2, 3):  # exact: the pixel grid maps onto itself
+            np.testing.assert_allclose(zernike(np.ascontiguousarray(np.rot90(gray, k))), base, rtol=1e-5,
+                                       atol=1e-7, err_msg=f"{name} k={k}")
+        # any angle: resampling changes the pixels, not the moments beyond 2% of the largest
+        matrix = cv2.getRotationMatrix2D((111.5, 111.5), 30, 1.0)
+        turned = zernike(cv2.warpAffine(gray, matrix, (224, 224), flags=cv2.INTER_LINEAR))
+        assert np.abs(turned - base).max() <= 0.02 * np.abs(base).max(), name
+
+
+def test_zernike_declared_length_and_degenerate_images():
+    definition = registry.get("zernike")
+    params = definition.normalize_params({})
+    assert definition.output_dim(params, (224, 224)) == 25  # degree 8
+    assert definition.output_dim(definition.normalize_params({"degree": 12}), (224, 224)) == 49
+    for image in (np.zeros((40, 30), np.uint8), np.full((1, 1), 7, np.uint8), np.full((40, 30), 255, np.uint8)):
+        out = definition.build(params).extract_batch(image[None])
+        assert out.shape == (1, 25) and np.isfinite(out).all()
