@@ -45,7 +45,7 @@ ENTRY_POINT_GROUP = "featurelib.extractors"
 
 #: Built-in families, imported on first lookup (each registers its declarations).
 BUILTIN_FAMILIES = ("featurelib.descriptors.color", "featurelib.descriptors.shape", "featurelib.descriptors.texture",
-                    "featurelib.descriptors.gradient")
+                    "featurelib.descriptors.gradient", "featurelib.descriptors.keypoints")
 
 #: Batch size of the per-image adapter: images are stacked only to be walked one by one,
 #: so the size just bounds memory (64 x 224 x 224 x 3 = 9.6 MB).
