@@ -324,3 +324,55 @@ def test_zernike_declared_length_and_degenerate_images():
     for image in (np.zeros((40, 30), np.uint8), np.full((1, 1), 7, np.uint8), np.full((40, 30), 255, np.uint8)):
         out = definition.build(params).extract_batch(image[None])
         assert out.shape == (1, 25) and np.isfinite(out).all()
+
+
+# --- properties of every extractor ------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SETTINGS = {"color_hist": {"bins": 4}, "intensity_hist": {"bins": 32}, "hog": {"pixels_per_cell": [4, 4],
+            "cells_per_block": [2, 2]}, "lbp": {"grid": [2, 2]}, "haralick": {"levels": 16}, "zernike": {"degree": 6}}
+HISTOGRAMS = {"color_hist": 1, "intensity_hist": 1, "lbp": 4}  # how many L1-normalised histograms the vector holds
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(height=st.integers(8, 80), width=st.integers(8, 80), seed=st.integers(0, 2**31), flat=st.booleans())
+def test_every_extractor_returns_its_declared_shape_finite_values_and_normalised_histograms(height, width, seed,
+                                                                                          flat, real_images):
+    rng = np.random.default_rng(seed)
+    photo = real_images[sorted(real_images)[seed % len(real_images)]]
+    top, left = rng.integers(0, photo.shape[0] - 8), rng.integers(0, photo.shape[1] - 8)
+    rgb = cv2.resize(np.ascontiguousarray(photo[top:, left:]), (width, height), interpolation=cv2.INTER_AREA)
+    if flat:
+        rgb[:] = rgb[0, 0]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    for name in registry.names():
+        definition = registry.get(name)
+        if definition.artifact is not None or name in ("always_fails", "needs_missing_module", "runs_out_of_memory",
+                                                       "fragile_mean", "edge_density"):
+            continue
+        params = definition.normalize_params(SETTINGS.get(name, {}))
+        dim = definition.output_dim(params, (height, width))
+        view = rgb if definition.view == "rgb" else gray
+        out = definition.build(params).extract_batch(np.stack([view, view]))
+        assert out.shape == (2, dim) and out.dtype == np.float32, name
+        assert np.isfinite(out).all(), name
+        np.testing.assert_array_equal(out[0], out[1])  # the same image twice: the same values
+        if name in HISTOGRAMS:
+            sums = out[0].reshape(HISTOGRAMS[name], -1).sum(axis=1)
+            assert np.all((np.abs(sums - 1) < 1e-5) | (sums == 0)), (name, sums)
+
+
+def test_hog_impl_opencv_is_opencvs_descriptor_with_the_same_geometry(grays):
+    from featurelib.errors import SpecError
+
+    definition = registry.get("hog")
+    params = definition.normalize_params({"pixels_per_cell": [16, 16], "cells_per_block": [2, 2], "impl": "opencv"})
+    gray = grays["rocket"]
+    expected = cv2.HOGDescriptor((224, 224), (32, 32), (16, 16), (16, 16), 9).compute(gray).reshape(-1)
+    out = definition.build(params).extract_batch(gray[None])
+    assert out.shape == (1, definition.output_dim(params, (224, 224))) == (1, 6_084)
+    np.testing.assert_array_equal(out[0], expected)
+    with pytest.raises(SpecError, match="impl: opencv normalises blocks with L2-Hys only"):
+        definition.normalize_params({"impl": "opencv", "block_norm": "L1"})
