@@ -376,3 +376,36 @@ def test_hog_impl_opencv_is_opencvs_descriptor_with_the_same_geometry(grays):
     np.testing.assert_array_equal(out[0], expected)
     with pytest.raises(SpecError, match="impl: opencv normalises blocks with L2-Hys only"):
         definition.normalize_params({"impl": "opencv", "block_norm": "L1"})
+
+
+def test_every_loaded_handler_survives_a_pickle_round_trip_and_tiny_images(grays):
+    """Handlers stay in their worker, but nothing in them may be unpicklable (a runner may ship a
+    warm DoFn); and a 1x1 or 2x2 image after resizing still gives finite values of the declared length."""
+    import pickle
+
+    from featurelib.descriptors.keypoints import local_descriptors, npz_bytes
+
+    gray = grays["chelsea"]
+    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    vocabulary = npz_bytes({"centers": local_descriptors(gray, max_keypoints=40)[:8].copy(),
+                            "idf": np.ones(8, np.float32)})
+    for name in registry.names():
+        definition = registry.get(name)
+        if name in ("always_fails", "needs_missing_module", "runs_out_of_memory", "edge_density", "fragile_mean"):
+            continue  # test plugins that fail on purpose
+        extra = {"vocabulary_size": 8} if name == "keypoints_bovw" else {}
+        params = definition.normalize_params({**SETTINGS.get(name, {}), **extra})
+        artifacts = {"vocab": vocabulary} if name == "keypoints_bovw" else \
+            {"constant": b'{"mean_gray": 100.0}'} if name == "toy_centered" else {}
+        handler = definition.build(params, artifacts)
+        view = rgb if definition.view == "rgb" else gray
+        again = pickle.loads(pickle.dumps(handler))
+        np.testing.assert_array_equal(again.extract_batch(view[None]), handler.extract_batch(view[None]), err_msg=name)
+        for size in ((1, 1), (2, 2)):
+            try:
+                dim = definition.output_dim(params, size)
+            except Exception:  # a size the extractor refuses is refused before any image is read
+                continue
+            tiny = cv2.resize(view, size[::-1], interpolation=cv2.INTER_AREA)
+            out = handler.extract_batch(tiny[None])
+            assert out.shape == (1, dim) and np.isfinite(out).all(), (name, size)
