@@ -153,8 +153,18 @@ def check_saved_artifacts(spec: RunSpec) -> None:
     """
     for feature in spec.fitted_features():
         path = saved_artifact_path(spec, feature.column)
-        if path and not os.path.isfile(path):
+        if not path:
+            continue
+        if not os.path.isfile(path):
             raise UserError(f"feature {feature.column!r}: saved artefact {path!r} does not exist or is not a file")
+        check = registry.get(feature.name).artifact.check_saved
+        if check is not None:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            try:
+                check(feature.params, data)
+            except ValueError as exc:
+                raise UserError(f"feature {feature.column!r}: saved artefact {path!r} cannot be used: {exc}") from None
 
 
 def _store(root: str, relpath: str, data: bytes) -> str:

@@ -140,6 +140,12 @@ class ArtifactDef:
         It is left out of the feature's identity: the file enters the fingerprint
         by its content hash, so reusing a saved artefact gives the fingerprint of
         the run that fitted it.
+    fit_params : tuple of str
+        Parameters that only steer the fit (how much to sample): left out of the
+        identity too, since the artefact's hash already says what was fitted.
+    check_saved : callable or None
+        ``check_saved(params, data)`` raises ValueError when a saved artefact
+        cannot serve these parameters (checked before any image is read).
     """
 
     what: str
@@ -148,6 +154,8 @@ class ArtifactDef:
     sample: Callable[[Mapping[str, Any], np.ndarray, np.random.Generator], np.ndarray]
     fit: Callable[[Mapping[str, Any], list[np.ndarray], int], bytes]
     param: str | None = None
+    fit_params: tuple[str, ...] = ()
+    check_saved: Callable[[Mapping[str, Any], bytes], None] | None = None
 
     def filename(self, column: str) -> str:
         return f"{column}.{self.what}.{self.ext}"
@@ -234,11 +242,14 @@ class ExtractorDef:
             return int(self.dim(dict(params), tuple(image_size)))
         except ValueError as exc:
             raise SpecError(f"feature {self.name!r} cannot take image size {list(image_size)}: {exc}") from None
+        except Exception as exc:  # parameters a check let through: still the spec's problem, in one line
+            raise SpecError(f"feature {self.name!r}: parameters {dict(params)} give no output length "
+                            f"({type(exc).__name__}: {exc})") from None
 
     def identity_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters that enter the fingerprint (a saved artefact's path does not)."""
-        skip = self.artifact.param if self.artifact is not None else None
-        return {k: v for k, v in params.items() if k != skip}
+        skip = {self.artifact.param, *self.artifact.fit_params} if self.artifact is not None else set()
+        return {k: v for k, v in params.items() if k not in skip}
 
     def build(self, params: Mapping[str, Any], artifacts: Mapping[str, bytes] | None = None) -> Handler:
         """A loaded handler for normalised `params` (what a worker does once per spec)."""

@@ -401,10 +401,14 @@ class RunSpec:
         if not isinstance(raw_features, (list, tuple)) or not raw_features:
             problems.add(f"features must be a non-empty list; known extractors: {registry.names()}")
         else:
+            clean: list[FeatureSpec] = []  # parsed without a problem: their output length can be computed
             for i, f in enumerate(raw_features):
+                before = len(problems.messages)
                 feature = problems.attempt(lambda f=f, i=i: FeatureSpec.parse(f, i, problems))
                 if feature is not None:
                     features.append(feature)
+                    if len(problems.messages) == before:
+                        clean.append(feature)
         columns = [f.column for f in features]
         duplicates = sorted({c for c in columns if columns.count(c) > 1})
         if duplicates:
@@ -433,7 +437,7 @@ class RunSpec:
             "execution": problems.attempt(lambda: ExecutionSpec.parse(doc.get("execution")), ExecutionSpec()),
         }
         if not any(m.startswith("image.") for m in problems.messages):  # every extractor must take the size
-            for feature in features:
+            for feature in (clean if isinstance(raw_features, (list, tuple)) and raw_features else []):
                 problems.attempt(lambda f=feature: registry.get(f.name).output_dim(f.params, parts["image"].size))
         problems.raise_if_any()
         return cls(features=tuple(features), labels=labels, **parts)

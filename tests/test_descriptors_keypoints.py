@@ -137,11 +137,28 @@ def test_bag_of_visual_words_classifies_the_photos_far_above_chance(tmp_path):
     assert score >= 0.6, f"bag of visual words on photos: test accuracy {score:.3f} (chance 0.1)"
 
 
-def test_too_few_descriptors_for_the_vocabulary_is_one_clear_error(photos, tmp_path):
-    from featurelib.errors import UserError
+def test_saved_vocabularies_are_checked_before_any_image_is_read(photos, tmp_path, capsys):
+    from featurelib import cli
+    from featurelib.descriptors.keypoints import _fit
 
-    tiny = dict(BOVW, params={**BOVW["params"], "vocabulary_size": 5000, "sample_images": 4})
-    with pytest.raises(UserError, match=r"feature 'bovw': cannot fit its vocab from \d+ sampled train image\(s\): "
-                                        r"\d+ descriptors sampled, fewer than vocabulary_size = 5000"):
-        execute(spec_for(photos, tmp_path / "o", [tiny]), LocalEngine(2), log=lambda m: None)
-    assert not (tmp_path / "o" / "_manifest.json").exists()
+    with pytest.raises(ValueError, match="3 descriptors sampled, fewer than vocabulary_size = 32"):
+        _fit({"vocabulary_size": 32}, [np.zeros((3, 128), np.float32)], 0)
+    wrong = tmp_path / "orb-vocab.npz"
+    wrong.write_bytes(npz_bytes({"centers": np.zeros((32, 256), np.float32), "idf": np.ones(32, np.float32)}))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    for path, message in ((wrong, "its centers are (32, 256), this spec needs (32, 128)"), (junk, "not an .npz vocabulary")):
+        feature = dict(BOVW, params={**BOVW["params"], "vocabulary": str(path)})
+        spec = tmp_path / f"{path.stem}.yaml"
+        spec.write_text(json.dumps({"features": [feature], "image": {"size": [192, 192]}}))
+        code = cli.main(["run", "--spec", str(spec), "--input", str(photos), "--output", str(tmp_path / path.stem)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not (tmp_path / path.stem).exists()
+
+
+def test_sampling_parameters_stay_out_of_the_fingerprint():
+    fitted = RunSpec.from_dict({"features": [dict(BOVW, params={**BOVW["params"], "sample_images": 60})]})
+    reused = RunSpec.from_dict({"features": [dict(BOVW, params={**BOVW["params"], "sample_images": 999,
+                                                                 "sample_per_image": 7, "vocabulary": "v.npz"})]})
+    assert fitted.feature_fingerprint({"bovw": "abc"}) == reused.feature_fingerprint({"bovw": "abc"})

@@ -383,18 +383,24 @@ def test_every_loaded_handler_survives_a_pickle_round_trip_and_tiny_images(grays
     warm DoFn); and a 1x1 or 2x2 image after resizing still gives finite values of the declared length."""
     import pickle
 
-    from featurelib.descriptors.keypoints import local_descriptors, npz_bytes
+    from featurelib.descriptors.keypoints import DESCRIPTORS, local_descriptors, npz_bytes
+    from featurelib.errors import SpecError
 
     gray = grays["chelsea"]
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     vocabulary = npz_bytes({"centers": local_descriptors(gray, max_keypoints=40)[:8].copy(),
                             "idf": np.ones(8, np.float32)})
-    for name in registry.names():
+    cases = [(name, {}) for name in registry.names() if name != "keypoints_bovw"]
+    cases += [("keypoints_bovw", {"vocabulary_size": 8, "descriptor": d}) for d in DESCRIPTORS]
+    for name, extra in cases:
         definition = registry.get(name)
         if name in ("always_fails", "needs_missing_module", "runs_out_of_memory", "edge_density", "fragile_mean"):
             continue  # test plugins that fail on purpose
-        extra = {"vocabulary_size": 8} if name == "keypoints_bovw" else {}
         params = definition.normalize_params({**SETTINGS.get(name, {}), **extra})
+        if name == "keypoints_bovw":
+            width = {"sift": 128, "rootsift": 128, "orb": 256, "brisk": 512, "akaze": 488}[extra["descriptor"]]
+            vocabulary = npz_bytes({"centers": np.random.default_rng(0).random((8, width), np.float32),
+                                    "idf": np.ones(8, np.float32)})
         artifacts = {"vocab": vocabulary} if name == "keypoints_bovw" else \
             {"constant": b'{"mean_gray": 100.0}'} if name == "toy_centered" else {}
         handler = definition.build(params, artifacts)
@@ -404,8 +410,41 @@ def test_every_loaded_handler_survives_a_pickle_round_trip_and_tiny_images(grays
         for size in ((1, 1), (2, 2)):
             try:
                 dim = definition.output_dim(params, size)
-            except Exception:  # a size the extractor refuses is refused before any image is read
+            except (SpecError, ValueError):  # a size the extractor refuses is refused before any image is read
                 continue
             tiny = cv2.resize(view, size[::-1], interpolation=cv2.INTER_AREA)
             out = handler.extract_batch(tiny[None])
             assert out.shape == (1, dim) and np.isfinite(out).all(), (name, size)
+
+
+def test_parameters_of_the_wrong_type_are_spec_errors_not_crashes():
+    from featurelib.errors import SpecError
+    from featurelib.spec import RunSpec
+
+    features = [{"name": "hog", "params": {"pixels_per_cell": [0, 8]}},
+                {"name": "keypoints_bovw", "params": {"vocabulary_size": None}},
+                {"name": "zernike", "params": {"degree": "8", "radius": float("nan")}},
+                {"name": "lbp", "params": {"points": "8", "range": [0, float("inf")]}},
+                {"name": "haralick", "params": {"distances": 5}},
+                {"name": "keypoints_bovw", "column": "bovw2", "params": {"vocabulary_size": 5000, "sample_images": 4}}]
+    with pytest.raises(SpecError) as info:
+        RunSpec.from_dict({"features": features})
+    message = str(info.value)
+    for expected in ("pixels_per_cell must be [rows, cols] of positive integers, got [0, 8]",
+                     "vocabulary_size must be an integer in [2, 100000], got None", "degree must be an integer",
+                     "radius must be a finite number of pixels >= 1", "points must be an integer in [1, 32], got '8'",
+                     "range must be [low, high] with 0 <= low < high", "distances must be a non-empty list",
+                     "= 200 descriptors at most, fewer than vocabulary_size = 5000"):
+        assert expected in message, message
+
+
+def test_lbp_var_leaves_variances_below_the_range_out(grays):
+    from skimage.feature import local_binary_pattern
+
+    from featurelib.descriptors.texture import lbp
+
+    gray = grays["astronaut"]
+    variance = local_binary_pattern(gray, 8, 1, "var")
+    kept = variance[np.isfinite(variance) & (variance >= 2000)]
+    expected = np.bincount(np.minimum(((kept - 2000) * 4 / 2000).astype(int), 3), minlength=4) / kept.size
+    np.testing.assert_allclose(lbp(gray, method="var", bins=4, range=(2000, 4000)), expected, atol=1e-7)

@@ -28,6 +28,11 @@ DESCRIPTORS = ("sift", "rootsift", "orb", "brisk", "akaze")
 NORMALIZE = ("l1", "l2")
 #: Above this many sampled descriptors the vocabulary is fitted with MiniBatchKMeans.
 MINIBATCH_ABOVE = 20_000
+#: Images with a side shorter than this have no keypoints (OpenCV's BRISK fails below 6 px, ORB and
+#: AKAZE on 1 px; no detector finds a usable keypoint there anyway).
+MIN_SIDE = 16
+#: Values per descriptor row (binary ones unpacked to bits).
+DIMENSIONS = {"sift": 128, "rootsift": 128, "orb": 256, "brisk": 512, "akaze": 488}
 
 
 def _detector(descriptor: str, max_keypoints: int):
@@ -56,9 +61,10 @@ def local_descriptors(gray: np.ndarray, *, descriptor: str = "sift", max_keypoin
     (n, D) float32 ndarray, n <= max_keypoints
         Binary descriptors unpacked to 0/1 bits; ``(0, D)`` when nothing is found.
     """
-    detector = _detector(descriptor, max_keypoints)
-    keypoints, values = detector.detectAndCompute(gray, None)
-    dim = {"sift": 128, "rootsift": 128}.get(descriptor, detector.descriptorSize() * 8)
+    dim = DIMENSIONS[descriptor]
+    if min(gray.shape) < MIN_SIDE:
+        return np.zeros((0, dim), dtype=np.float32)
+    keypoints, values = _detector(descriptor, max_keypoints).detectAndCompute(gray, None)
     if values is None or not keypoints:
         return np.zeros((0, dim), dtype=np.float32)
     order = sorted(range(len(keypoints)), key=lambda i: (-keypoints[i].response, keypoints[i].pt[1],
@@ -179,7 +185,30 @@ def _check_bovw(params: dict, report) -> dict:
         report(f"tfidf must be true or false, got {params['tfidf']!r}")
     if params["vocabulary"] is not None and (not isinstance(params["vocabulary"], str) or not params["vocabulary"]):
         report(f"vocabulary must be the path of a saved .npz vocabulary or null, got {params['vocabulary']!r}")
+    counts = [params[k] for k in ("sample_images", "sample_per_image", "max_keypoints", "vocabulary_size")]
+    if params["vocabulary"] is None and all(_positive_int(v, 1, 10_000_000) for v in counts):
+        at_most = params["sample_images"] * min(params["sample_per_image"], params["max_keypoints"])
+        if at_most < params["vocabulary_size"]:
+            report(f"sample_images x min(sample_per_image, max_keypoints) = {at_most} descriptors at most, fewer "
+                   f"than vocabulary_size = {params['vocabulary_size']}: the vocabulary cannot be fitted")
     return dict(params)
+
+
+def _check_saved(params, data: bytes) -> None:
+    """A saved vocabulary must be an .npz with `centers` (vocabulary_size, D of the descriptor) and,
+    for tfidf, `idf` (vocabulary_size,)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+    except Exception as exc:  # whatever the file is, it is not a vocabulary
+        raise ValueError(f"not an .npz vocabulary ({type(exc).__name__}: {exc})") from None
+    expected = (params["vocabulary_size"], DIMENSIONS[params["descriptor"]])
+    if "centers" not in arrays or arrays["centers"].shape != expected:
+        found = arrays["centers"].shape if "centers" in arrays else "no 'centers'"
+        raise ValueError(f"its centers are {found}, this spec needs {expected} "
+                         f"(vocabulary_size x {params['descriptor']} values)")
+    if params["tfidf"] and arrays.get("idf", np.zeros(0)).shape != (params["vocabulary_size"],):
+        raise ValueError("tfidf is on but it holds no idf weights of the vocabulary's size")
 
 
 BOVW = registry.register(registry.ExtractorDef(
@@ -188,4 +217,5 @@ BOVW = registry.register(registry.ExtractorDef(
               "sample_images": 200, "normalize": "l1", "tfidf": False, "vocabulary": None},
     check=_check_bovw, dim=lambda params, size: params["vocabulary_size"], handler=BovwHandler, view="gray",
     artifact=registry.ArtifactDef(what="vocab", ext="npz", param="vocabulary",
+                                  fit_params=("sample_images", "sample_per_image"), check_saved=_check_saved,
                                   sample_images=lambda params: params["sample_images"], sample=_sample, fit=_fit)))

@@ -145,7 +145,7 @@ def zernike(gray: np.ndarray, *, radius: float | None = None, degree: int = 8) -
     gray : (H, W) uint8 ndarray
         Grayscale image (the ``gray`` view); no binarisation.
     radius : float or None, optional
-        Disk radius in pixels, centred on the image centre ((H-1)/2, (W-1)/2);
+        Disk radius in pixels (>= 1), centred on the image centre ((H-1)/2, (W-1)/2);
         None: half the shorter side. Pixels with normalised distance <= 1 count.
     degree : int, optional
         Highest order n.
@@ -179,8 +179,9 @@ def zernike(gray: np.ndarray, *, radius: float | None = None, degree: int = 8) -
 def _check_zernike(params: dict, report) -> dict:
     out = dict(params)
     radius, degree = params["radius"], params["degree"]
-    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0):
-        report(f"radius must be a positive number of pixels or null (half the shorter side), got {radius!r}")
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float))
+                               or not math.isfinite(radius) or radius < 1):
+        report(f"radius must be a finite number of pixels >= 1, or null (half the shorter side), got {radius!r}")
     elif radius is not None:
         out["radius"] = float(radius)
     if isinstance(degree, bool) or not isinstance(degree, int) or not 0 <= degree <= 24:

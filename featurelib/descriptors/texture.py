@@ -325,7 +325,8 @@ def lbp(gray: np.ndarray, *, points: int = 8, radius: float = 1, method: str = "
         Pattern mapping, as scikit-image's ``local_binary_pattern``.
     bins, range : int, (float, float), optional
         ``var`` only: uniform bins over ``[low, high)``; variances at or above
-        ``high`` count in the last bin, NaN (flat neighbourhoods) in none.
+        ``high`` count in the last bin; those below ``low`` and NaN (flat
+        neighbourhoods) in none.
     grid : (rows, cols), optional
         The image is cut into ``rows x cols`` cells (cell k of a side of length L
         spans ``[floor(k L / n), floor((k + 1) L / n))``); their histograms are
@@ -351,8 +352,8 @@ def lbp(gray: np.ndarray, *, points: int = 8, radius: float = 1, method: str = "
         low, high = range
         finite = np.isfinite(variance)
         index = np.full(variance.shape, -1, dtype=np.int64)
-        scaled = np.floor((np.clip(variance[finite], low, None) - low) * (bins / (high - low)))
-        index[finite] = np.minimum(scaled, bins - 1).astype(np.int64)
+        scaled = np.floor((variance[finite] - low) * (bins / (high - low)))
+        index[finite] = np.where(scaled < 0, -1, np.minimum(scaled, bins - 1)).astype(np.int64)
     elif points <= TABLE_POINTS:
         # Count the 2^P raw patterns, then fold the counts through the pattern table:
         # the mapping costs 2^P operations instead of one per pixel.
@@ -381,7 +382,7 @@ def _check_lbp(params: dict, report) -> dict:
     points, radius, method = params["points"], params["radius"], params["method"]
     if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 32:
         report(f"points must be an integer in [1, 32], got {points!r}")
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= 32:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= 32:  # NaN fails too
         report(f"radius must be a number in (0, 32], got {radius!r}")
     else:
         out["radius"] = float(radius)
@@ -393,7 +394,8 @@ def _check_lbp(params: dict, report) -> dict:
     if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 4096:
         report(f"bins must be an integer in [1, 4096], got {bins!r}")
     if (not isinstance(value_range, (list, tuple)) or len(value_range) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in value_range)
             or not 0 <= value_range[0] < value_range[1]):
         report(f"range must be [low, high] with 0 <= low < high, got {value_range!r}")
     else:
