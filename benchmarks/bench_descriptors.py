@@ -116,16 +116,12 @@ def plain_bundle(path: str) -> np.ndarray:
     from skimage.feature import hog as skimage_hog
     from skimage.feature import local_binary_pattern
 
+    from benchmarks.bench_kernel import plain_centre_crop
     from featurelib.descriptors.shape import signed_log10
 
     with open(path, "rb") as handle:
         bgr = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_COLOR)
-    h, w = bgr.shape[:2]
-    scale = max(224 / h, 224 / w)
-    nh, nw = max(224, round(h * scale)), max(224, round(w * scale))
-    scaled = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
-    top, left = (nh - 224) // 2, (nw - 224) // 2
-    bgr = scaled[top : top + 224, left : left + 224]
+    bgr = plain_centre_crop(bgr, 224)
     hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
     hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 8, 8], [0, 180, 0, 256, 0, 256]).reshape(-1) / (224 * 224)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)

@@ -59,6 +59,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from featurelib.registry import Handler  # noqa: E402  (light: numpy only)
+
 _REEXEC_MARK = "FEATURELIB_BENCH_REEXEC"
 
 
@@ -316,6 +318,20 @@ def plain_columns() -> dict:
     }
 
 
+def plain_centre_crop(pixels, side: int):
+    """Aspect-preserving ``INTER_AREA`` resize so the shorter side is `side`, then the centre `side` x `side`
+    crop: ``image.resize: aspect_crop`` written directly with OpenCV (the plain loops' preprocessing)."""
+    import cv2
+    import numpy as np
+
+    h, w = pixels.shape[:2]
+    scale = max(side / h, side / w)
+    new_h, new_w = max(side, round(h * scale)), max(side, round(w * scale))
+    scaled = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    top, left = (new_h - side) // 2, (new_w - side) // 2
+    return np.ascontiguousarray(scaled[top:top + side, left:left + side])
+
+
 def plain_loop(paths: list[str], npy_path: str):
     """The same work as the kernel, written directly with OpenCV/numpy. Returns (features, stage seconds)."""
     import cv2
@@ -337,12 +353,7 @@ def plain_loop(paths: list[str], npy_path: str):
         t1 = time.perf_counter()
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         t2 = time.perf_counter()
-        h, w = pixels.shape[:2]
-        scale = max(side / h, side / w)
-        new_h, new_w = max(side, round(h * scale)), max(side, round(w * scale))
-        scaled = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        top, left = (new_h - side) // 2, (new_w - side) // 2
-        image = np.ascontiguousarray(scaled[top:top + side, left:left + side])
+        image = plain_centre_crop(pixels, side)
         t3 = time.perf_counter()
         for start, stop, function in bounds:
             rows[i, start:stop] = function(image)
@@ -482,7 +493,7 @@ def bench_kernel(data: str, n_images: int, repeats: int, scratch: str, log) -> d
 # --- part 3: a batched extractor through the kernel vs one call on the whole array -------
 
 
-class _MatmulHandler:
+class _MatmulHandler(Handler):
     """Stand-in for a network: (N, 64, 64, 3) uint8 -> (N, 512) float32 through one matrix product."""
 
     batch_size = 64
@@ -497,9 +508,6 @@ class _MatmulHandler:
         import numpy as np
 
         return (images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 255)) @ self.weights
-
-    def close(self):
-        pass
 
 
 BATCHES = (64, 256, 1024)

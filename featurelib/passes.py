@@ -16,6 +16,7 @@ A run is a list of passes over the same shard tasks, each mapped by the engine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -34,7 +35,7 @@ from featurelib.compute import FATAL, content_sha256, preprocess
 from featurelib.errors import RecordError, UserError
 from featurelib.io import files as layout
 from featurelib.plan import ArtifactRef, ShardTask
-from featurelib.shard import make_decoder, read_and_decode
+from featurelib.shard import close_decoder, make_decoder, read_and_decode
 from featurelib.sources import read_bytes
 from featurelib.spec import RunSpec
 
@@ -55,10 +56,8 @@ def hash_shard(task: ShardTask) -> list[tuple[str, str]]:
     out = []
     for record in task.records:
         if record.reject is None:
-            try:
+            with contextlib.suppress(RecordError):  # the main pass meets the same error and writes the reject
                 out.append((record.source_key, content_sha256(read_bytes(record.uri, spec.input.storage_options))))
-            except RecordError:
-                pass  # the main pass meets the same error and writes the reject
     return out
 
 
@@ -100,9 +99,7 @@ def sample_shard(task: ShardTask, columns: tuple[str, ...]) -> dict[str, list[np
     try:
         return _sample(task, spec, decoder, columns)
     finally:
-        close = getattr(getattr(decoder, "__self__", None), "close", None)
-        if close is not None:  # the isolated decoder's child process
-            close()
+        close_decoder(decoder)
 
 
 def _sample(task: ShardTask, spec: RunSpec, decoder, columns: tuple[str, ...]) -> dict[str, list[np.ndarray]]:

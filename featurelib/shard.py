@@ -74,9 +74,7 @@ class ShardState:
 
     def close(self) -> None:
         self.computer.close()
-        close_decoder = getattr(getattr(self.decoder, "__self__", None), "close", None)
-        if close_decoder is not None:  # the isolated decoder's child process
-            close_decoder()
+        close_decoder(self.decoder)
 
 
 def load_artifacts(output: str, refs) -> dict[str, dict[str, bytes]]:
@@ -117,6 +115,13 @@ def make_decoder(spec: RunSpec):
     if spec.decode.isolation == "subprocess":
         return decode.IsolatedDecoder(timeout_s=spec.decode.timeout_s, **options).decode
     return lambda data: decode.decode_image(data, **options)
+
+
+def close_decoder(decoder) -> None:
+    """Stop the child process of an isolated decoder (:func:`make_decoder`); nothing for in-process decoding."""
+    close = getattr(getattr(decoder, "__self__", None), "close", None)
+    if close is not None:
+        close()
 
 
 def _maybe_inject_fault(task: ShardTask) -> None:

@@ -22,6 +22,7 @@ import functools
 import numpy as np
 
 from featurelib import registry
+from featurelib.descriptors._checks import check_gray_uint8
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 IMPLS = ("skimage", "opencv")
@@ -189,8 +190,7 @@ def hog(gray: np.ndarray, *, orientations: int = 9, pixels_per_cell=(8, 8), cell
     ----------
     N. Dalal, B. Triggs, "Histograms of oriented gradients for human detection", CVPR 2005.
     """
-    if not isinstance(gray, np.ndarray) or gray.dtype != np.uint8 or gray.ndim != 2 or gray.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) uint8 grayscale image, got {getattr(gray, 'shape', gray)}")
+    check_gray_uint8(gray)
     if impl == "opencv":
         return hog_opencv(gray, orientations=orientations, pixels_per_cell=pixels_per_cell,
                           cells_per_block=cells_per_block, transform_sqrt=transform_sqrt)

@@ -16,6 +16,7 @@ wheels; SIFT is free since OpenCV 4.4.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
@@ -35,7 +36,9 @@ MIN_SIDE = 16
 DIMENSIONS = {"sift": 128, "rootsift": 128, "orb": 256, "brisk": 512, "akaze": 488}
 
 
+@functools.lru_cache(maxsize=8)
 def _detector(descriptor: str, max_keypoints: int):
+    """The OpenCV detector, built once per process (workers run one thread: no sharing across threads)."""
     if descriptor in ("sift", "rootsift"):
         return cv2.SIFT_create(nfeatures=max_keypoints)
     if descriptor == "orb":

@@ -13,14 +13,9 @@ import cv2
 import numpy as np
 
 from featurelib import registry
+from featurelib.descriptors._checks import check_gray_uint8
 
 BINARIZE = ("none", "otsu", "threshold")
-
-
-def _check_gray(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2 or image.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) uint8 grayscale image, got "
-                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
 
 
 def signed_log10(values: np.ndarray) -> np.ndarray:
@@ -71,7 +66,7 @@ def hu_moments(gray: np.ndarray, *, log_scale: bool = True, binarize: str = "non
     M.-K. Hu, "Visual pattern recognition by moment invariants", IRE Trans.
     Information Theory 8(2), 1962.
     """
-    _check_gray(gray)
+    check_gray_uint8(gray)
     if binarize == "none":
         moments = cv2.moments(gray, binaryImage=False)
     elif binarize == "otsu":
@@ -165,7 +160,7 @@ def zernike(gray: np.ndarray, *, radius: float | None = None, degree: int = 8) -
     A. Khotanzad, Y. H. Hong, "Invariant image recognition by Zernike moments",
     IEEE PAMI 12(5), 1990.
     """
-    _check_gray(gray)
+    check_gray_uint8(gray)
     if radius is None:
         radius = min(gray.shape) / 2
     basis, inside = _zernike_basis(gray.shape, float(radius), degree)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from featurelib import registry
+from featurelib.descriptors._checks import check_gray_uint8
 
 LBP_METHODS = ("default", "ror", "uniform", "nri_uniform", "var")
 
@@ -63,8 +64,7 @@ def haralick(gray: np.ndarray, *, distances=(1,), angles=(0, 45, 90, 135), level
     """
     from skimage.feature import graycomatrix, graycoprops
 
-    if not isinstance(gray, np.ndarray) or gray.dtype != np.uint8 or gray.ndim != 2 or gray.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) uint8 grayscale image, got {getattr(gray, 'shape', gray)}")
+    check_gray_uint8(gray)
     matrix = graycomatrix(quantize(gray, levels), list(distances), [np.deg2rad(a) for a in angles],
                           levels=levels, symmetric=symmetric, normed=True)
     return np.stack([graycoprops(matrix, p) for p in properties]).reshape(-1).astype(np.float32)
@@ -343,8 +343,7 @@ def lbp(gray: np.ndarray, *, points: int = 8, radius: float = 1, method: str = "
     T. Ojala, M. Pietikainen, T. Maenpaa, "Multiresolution gray-scale and rotation
     invariant texture classification with local binary patterns", IEEE PAMI 24(7), 2002.
     """
-    if not isinstance(gray, np.ndarray) or gray.dtype != np.uint8 or gray.ndim != 2 or gray.size == 0:
-        raise ValueError(f"expected a non-empty (H, W) uint8 grayscale image, got {getattr(gray, 'shape', gray)}")
+    check_gray_uint8(gray)
     n_bins = lbp_bins(points, method, bins)
     table = None
     if method == "var":
