@@ -3,6 +3,7 @@
     featurize sample-data digits data/digits
     featurize run --spec spec.yaml --input data/digits --output out/digits [--engine local|beam|spark]
     featurize inspect out/digits
+    featurize preview --spec spec.yaml --input data/photos --n 8 --out preview.png
 
 Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
 arguments, input, output); 3 failed by policy (error budget); 130 interrupted;
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
     mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
 
+    look = sub.add_parser("preview", help="write one PNG of sources next to their augmented variants",
+                          description="Decode, preprocess and augment a seeded pick of sources exactly as a run "
+                                      "would, and write them as a captioned grid (one source per row).")
+    look.add_argument("--spec", required=True, help="YAML spec file")
+    look.add_argument("--input", help="overrides input.path")
+    look.add_argument("--n", type=int, default=8, help="sources to show (default 8)")
+    look.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
+
     sample = sub.add_parser("sample-data", help="write a real labelled sample image set")
     sample.add_argument("name", choices=("digits", "textures", "photos"))
     sample.add_argument("dir")
@@ -80,6 +89,14 @@ def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
     finally:
         engine.close()
     print(format_summary(report.manifest, spec.output.path, report.seconds))
+    return EXIT_OK
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from featurelib.preview import preview
+    from featurelib.spec import RunSpec
+
+    preview(RunSpec.from_yaml(args.spec).with_overrides(input=args.input), args.n, args.out)
     return EXIT_OK
 
 
@@ -141,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featurize: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return EXIT_USER
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
-                "compare": lambda: _compare(args), "inspect": lambda: _inspect(args)}
+                "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
+                "preview": lambda: _preview(args)}
     return with_exit_codes(commands[args.command])
 
 

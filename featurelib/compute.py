@@ -57,6 +57,31 @@ def preprocess(spec: RunSpec, pixels: np.ndarray) -> np.ndarray:
                                    interpolation=image.interpolation, fill=spec.decode.background)
 
 
+def make_variants(spec: RunSpec, image: np.ndarray, source_key: str, split: str) -> list[Variant]:
+    """The original and, for sources in ``augment.splits``, ``augment.copies`` variants.
+
+    Variant n's randomness is seeded from ``(seed, key of variant n)`` only: the same pixels on every
+    engine, shard count, retry and process. ``featurize preview`` draws its tiles here too.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 ndarray
+        The preprocessed source image, at ``image.size``.
+
+    Returns
+    -------
+    list of Variant, ``aug_index`` 0 (the original, `image` itself) first.
+    """
+    out = [Variant(0, source_key, image)]
+    augment = spec.augment
+    if augment.copies and split in augment.splits:
+        for n in range(1, augment.copies + 1):
+            key = variant_key(source_key, n)
+            rng = transforms.record_rng(spec.seed, key)
+            out.append(Variant(n, key, transforms.augment_image(image, augment.ops, rng)))
+    return out
+
+
 class FeatureComputer:
     """Applies one spec's preprocessing, augmentation and extractors.
 
@@ -93,18 +118,8 @@ class FeatureComputer:
         return preprocess(self.spec, pixels)
 
     def variants(self, image: np.ndarray, source_key: str, split: str) -> list[Variant]:
-        """The original and, for sources in ``augment.splits``, ``augment.copies`` variants.
-
-        Variant n's randomness is seeded from ``(seed, key of variant n)``.
-        """
-        out = [Variant(0, source_key, image)]
-        augment = self.spec.augment
-        if augment.copies and split in augment.splits:
-            for n in range(1, augment.copies + 1):
-                key = variant_key(source_key, n)
-                rng = transforms.record_rng(self.spec.seed, key)
-                out.append(Variant(n, key, transforms.augment_image(image, augment.ops, rng)))
-        return out
+        """The original and its augmented variants (see :func:`make_variants`)."""
+        return make_variants(self.spec, image, source_key, split)
 
     def extract(self, images: Sequence[np.ndarray]) -> list[list[np.ndarray] | ExtractFailure]:
         """Every feature column of each preprocessed image, in bounded batches.

@@ -10,8 +10,10 @@ retry, another worker or another engine draws the same variant.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -78,11 +80,35 @@ def resize_image(
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
-# --- augmentation ops: each takes (image, rng, **params) and draws a fixed number of values ---
+# --- augmentation ops ----------------------------------------------------------------------------------
+#
+# Each op is ``function(image, rng, **params) -> image`` on (H, W, 3) uint8 RGB. An op draws the same
+# number of values from `rng` whatever the image and whether it applies, so skipping one (by its
+# probability `p`, or because its amount is 0) never shifts the draws of the ops after it. An op whose
+# amount is 0 returns its input untouched: no warp, no round trip through HSV (which alone changes most
+# pixels of a uint8 image).
+
+_WARP_INTERPOLATIONS = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+#: ``fill`` of the geometric ops: how pixels that come from outside the image are made up.
+FILLS = {"reflect_101": cv2.BORDER_REFLECT_101, "reflect": cv2.BORDER_REFLECT,
+         "replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
+
+
+def _warp(image: np.ndarray, matrix: np.ndarray, *, interpolation: str, fill: str,
+          fill_color: Sequence[int]) -> np.ndarray:
+    """``cv2.warpAffine`` into the same size; `fill` decides what appears beyond the borders."""
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, matrix, (w, h), flags=_WARP_INTERPOLATIONS[interpolation],
+                          borderMode=FILLS[fill], borderValue=tuple(int(v) for v in fill_color))
+
+
+def _centre(image: np.ndarray) -> tuple[float, float]:
+    h, w = image.shape[:2]
+    return (w - 1) / 2.0, (h - 1) / 2.0
 
 
 def _flip(image: np.ndarray, rng: np.random.Generator, *, horizontal: bool, vertical: bool, p: float) -> np.ndarray:
-    draw_h, draw_v = rng.random(2)  # always two draws, so later ops see the same stream
+    draw_h, draw_v = rng.random(2)
     if horizontal and draw_h < p:
         image = image[:, ::-1]
     if vertical and draw_v < p:
@@ -90,33 +116,72 @@ def _flip(image: np.ndarray, rng: np.random.Generator, *, horizontal: bool, vert
     return np.ascontiguousarray(image)
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    # Reflection avoids black corners that would become a feature of their own.
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+def _quarter_turns(angle: float, shape: tuple[int, ...]) -> int | None:
+    """``k`` when rotating by `angle` degrees is exactly ``np.rot90(image, k)`` in the same frame."""
+    if angle % 90.0 != 0.0:
+        return None
+    k = int(angle // 90.0) % 4
+    return k if k % 2 == 0 or shape[0] == shape[1] else None
 
 
-def _rotate(image: np.ndarray, rng: np.random.Generator, *, degrees: float, p: float) -> np.ndarray:
+def _rotate(image: np.ndarray, rng: np.random.Generator, *, degrees: float | Sequence[float], p: float,
+            interpolation: str, fill: str, fill_color: Sequence[int]) -> np.ndarray:
     apply, unit = rng.random(2)
-    if apply >= p:
-        return image
-    h, w = image.shape[:2]
-    angle = (2.0 * unit - 1.0) * degrees
-    return _warp(image, cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0))
+    if isinstance(degrees, (int, float)):
+        if apply >= p or degrees == 0:
+            return image
+        angle = (2.0 * unit - 1.0) * degrees
+    else:
+        low, high = degrees
+        if apply >= p or low == high == 0:
+            return image
+        angle = low + unit * (high - low)
+    turns = _quarter_turns(angle, image.shape)
+    if turns is not None:  # exact, and no interpolation blur: a right angle is a permutation of pixels
+        return np.ascontiguousarray(np.rot90(image, turns))
+    matrix = cv2.getRotationMatrix2D(_centre(image), angle, 1.0)  # positive: counter-clockwise
+    return _warp(image, matrix, interpolation=interpolation, fill=fill, fill_color=fill_color)
 
 
-def _translate(image: np.ndarray, rng: np.random.Generator, *, fraction: float, p: float) -> np.ndarray:
+def _translate(image: np.ndarray, rng: np.random.Generator, *, fraction: float, p: float,
+               interpolation: str, fill: str, fill_color: Sequence[int]) -> np.ndarray:
     apply, ux, uy = rng.random(3)
-    if apply >= p:
+    if apply >= p or fraction == 0:
         return image
     h, w = image.shape[:2]
     dx, dy = (2.0 * ux - 1.0) * fraction * w, (2.0 * uy - 1.0) * fraction * h
-    return _warp(image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]))
+    return _warp(image, np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]), interpolation=interpolation, fill=fill,
+                 fill_color=fill_color)
 
 
-def _crop(image: np.ndarray, rng: np.random.Generator, *, scale: Sequence[float], p: float) -> np.ndarray:
+def _scale(image: np.ndarray, rng: np.random.Generator, *, factor: Sequence[float], p: float,
+           interpolation: str, fill: str, fill_color: Sequence[int]) -> np.ndarray:
+    apply, unit = rng.random(2)
+    low, high = factor
+    if apply >= p or low == high == 1.0:
+        return image
+    zoom = low + unit * (high - low)
+    matrix = cv2.getRotationMatrix2D(_centre(image), 0.0, zoom)
+    return _warp(image, matrix, interpolation=interpolation, fill=fill, fill_color=fill_color)
+
+
+def _shear(image: np.ndarray, rng: np.random.Generator, *, degrees: float, axis: str, p: float,
+           interpolation: str, fill: str, fill_color: Sequence[int]) -> np.ndarray:
+    apply, ux, uy = rng.random(3)
+    if apply >= p or degrees == 0:
+        return image
+    sx = float(np.tan(np.radians((2.0 * ux - 1.0) * degrees))) if axis in ("x", "both") else 0.0
+    sy = float(np.tan(np.radians((2.0 * uy - 1.0) * degrees))) if axis in ("y", "both") else 0.0
+    cx, cy = _centre(image)
+    # x' = x + sx (y - cy), y' = y + sy (x - cx): the centre stays where it is
+    matrix = np.array([[1.0, sx, -sx * cy], [sy, 1.0, -sy * cx]])
+    return _warp(image, matrix, interpolation=interpolation, fill=fill, fill_color=fill_color)
+
+
+def _crop(image: np.ndarray, rng: np.random.Generator, *, scale: Sequence[float], p: float,
+          interpolation: str) -> np.ndarray:
     apply, us, ux, uy = rng.random(4)
-    if apply >= p:
+    if apply >= p or scale[0] == 1.0:
         return image
     h, w = image.shape[:2]
     area = scale[0] + us * (scale[1] - scale[0])
@@ -124,12 +189,55 @@ def _crop(image: np.ndarray, rng: np.random.Generator, *, scale: Sequence[float]
     ch, cw = max(1, round(h * side)), max(1, round(w * side))
     top, left = int(uy * (h - ch + 1)), int(ux * (w - cw + 1))
     patch = image[top : top + ch, left : left + cw]
-    return cv2.resize(patch, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(patch, (w, h), interpolation=_WARP_INTERPOLATIONS[interpolation])
+
+
+def mask_box(shape: tuple[int, ...], fraction: float, position: str | Sequence[float], draw_y: float,
+             draw_x: float, *, circle: bool) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of a mask covering `fraction` of each side, inside the image.
+
+    A rectangle is ``round(fraction * H) x round(fraction * W)``; a circle's bounding square has side
+    ``round(fraction * min(H, W))``. A random position is uniform over the places where the whole box
+    fits; a fixed ``[y, x]`` (fractions of the height and width) is the box centre, moved inside.
+    """
+    h, w = shape[:2]
+    mh, mw = (round(fraction * min(h, w)),) * 2 if circle else (round(fraction * h), round(fraction * w))
+    if position == "random":
+        top, left = int(draw_y * (h - mh + 1)), int(draw_x * (w - mw + 1))
+    else:
+        top = min(max(round(position[0] * h - mh / 2.0), 0), h - mh)
+        left = min(max(round(position[1] * w - mw / 2.0), 0), w - mw)
+    return top, left, mh, mw
+
+
+def disc(side: int) -> np.ndarray:
+    """(side, side) bool: pixel centres within ``side / 2`` of the square's centre."""
+    yy, xx = np.ogrid[:side, :side]
+    centre = (side - 1) / 2.0
+    return (yy - centre) ** 2 + (xx - centre) ** 2 <= (side / 2.0) ** 2
+
+
+def _mask(image: np.ndarray, rng: np.random.Generator, *, shape: str, size: Sequence[float],
+          position: str | Sequence[float], color: Sequence[int], p: float) -> np.ndarray:
+    apply, us, uy, ux = rng.random(4)
+    if apply >= p or size[1] == 0:
+        return image
+    fraction = size[0] + us * (size[1] - size[0])
+    top, left, mh, mw = mask_box(image.shape, fraction, position, uy, ux, circle=shape == "circle")
+    if mh == 0 or mw == 0:
+        return image
+    out = image.copy()
+    region = out[top : top + mh, left : left + mw]
+    if shape == "circle":
+        region[disc(mh)] = color
+    else:
+        region[:] = color
+    return out
 
 
 def _brightness(image: np.ndarray, rng: np.random.Generator, *, delta: float, p: float) -> np.ndarray:
     apply, unit = rng.random(2)
-    if apply >= p:
+    if apply >= p or delta == 0:
         return image
     factor = 1.0 + (2.0 * unit - 1.0) * delta
     return np.clip(np.rint(image.astype(np.float32) * factor), 0, 255).astype(np.uint8)
@@ -137,7 +245,7 @@ def _brightness(image: np.ndarray, rng: np.random.Generator, *, delta: float, p:
 
 def _contrast(image: np.ndarray, rng: np.random.Generator, *, delta: float, p: float) -> np.ndarray:
     apply, unit = rng.random(2)
-    if apply >= p:
+    if apply >= p or delta == 0:
         return image
     factor = 1.0 + (2.0 * unit - 1.0) * delta
     pixels = image.astype(np.float32)
@@ -145,54 +253,222 @@ def _contrast(image: np.ndarray, rng: np.random.Generator, *, delta: float, p: f
     return np.clip(np.rint((pixels - mean) * factor + mean), 0, 255).astype(np.uint8)
 
 
-#: op name -> (function, defaults). Parameters are validated by :func:`normalize_op`.
-OPS: dict[str, tuple[Any, dict[str, Any]]] = {
-    "flip": (_flip, {"horizontal": True, "vertical": False, "p": 0.5}),
-    "rotate": (_rotate, {"degrees": 15.0, "p": 1.0}),
-    "translate": (_translate, {"fraction": 0.1, "p": 1.0}),
-    "crop": (_crop, {"scale": [0.64, 1.0], "p": 1.0}),
-    "brightness": (_brightness, {"delta": 0.2, "p": 1.0}),
-    "contrast": (_contrast, {"delta": 0.2, "p": 1.0}),
+def _saturation(image: np.ndarray, rng: np.random.Generator, *, delta: float, p: float) -> np.ndarray:
+    apply, unit = rng.random(2)
+    if apply >= p or delta == 0:
+        return image
+    factor = 1.0 + (2.0 * unit - 1.0) * delta
+    # Blend with the pixel's own gray (as PIL's ImageEnhance.Color): 0 is gray, 1 the image, >1 more vivid.
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
+    return np.clip(np.rint(gray + factor * (image.astype(np.float32) - gray)), 0, 255).astype(np.uint8)
+
+
+def _hue(image: np.ndarray, rng: np.random.Generator, *, delta: float, p: float) -> np.ndarray:
+    apply, unit = rng.random(2)
+    steps = round((2.0 * unit - 1.0) * delta * 256) % 256  # OpenCV's *_FULL hue: 256 steps per turn
+    if apply >= p or steps == 0:
+        return image
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] += np.uint8(steps)  # uint8 arithmetic wraps around the colour circle
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def _noise(image: np.ndarray, rng: np.random.Generator, *, sigma: float, p: float) -> np.ndarray:
+    apply = rng.random()
+    stream = int(rng.integers(0, 2**63))  # the noise comes from its own stream: one draw here either way
+    if apply >= p or sigma == 0:
+        return image
+    noise = np.random.default_rng(stream).standard_normal(image.shape, dtype=np.float32)
+    return np.clip(np.rint(image.astype(np.float32) + np.float32(sigma) * noise), 0, 255).astype(np.uint8)
+
+
+def _grayscale(image: np.ndarray, rng: np.random.Generator, *, p: float) -> np.ndarray:
+    if rng.random() >= p:
+        return image
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+# --- op parameters: defaults, checks and the one-line documentation docs/AUGMENT.md repeats -----------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _number(low: float, high: float):
+    def check(value: Any) -> float:
+        if not _is_number(value) or not low <= value <= high:
+            raise ValueError(f"must be a number in [{low:g}, {high:g}], got {value!r}")
+        return float(value)
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(options: Sequence[str]):
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+    return check
+
+
+def _range(low: float, high: float, *, open_low: bool = False):
+    """``[a, b]`` with ``low <= a <= b <= high`` (``low < a`` when `open_low`)."""
+    def check(value: Any) -> list[float]:
+        if (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+                and (low < value[0] if open_low else low <= value[0]) and value[0] <= value[1] <= high):
+            return [float(v) for v in value]
+        bound = "<" if open_low else "<="
+        raise ValueError(f"must be [low, high] with {low:g} {bound} low <= high <= {high:g}, got {value!r}")
+    return check
+
+
+def _degrees(value: Any) -> float | list[float]:
+    """A number ``d`` (uniform in [-d, d]) or a range ``[low, high]`` within [-360, 360]."""
+    if _is_number(value):
+        if not 0 <= value <= 180:
+            raise ValueError(f"must be a number in [0, 180] or [low, high] within [-360, 360], got {value!r}")
+        return float(value)
+    try:
+        return _range(-360.0, 360.0)(value)
+    except ValueError:
+        raise ValueError(f"must be a number in [0, 180] or [low, high] within [-360, 360], got {value!r}") from None
+
+
+def _color(value: Any) -> list[int]:
+    if (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
+        return [int(v) for v in value]
+    raise ValueError(f"must be three integers in [0, 255] (R, G, B), got {value!r}")
+
+
+def _position(value: Any) -> str | list[float]:
+    if value == "random":
+        return value
+    try:
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) and 0 <= v <= 1 for v in value):
+            return [float(v) for v in value]
+    except TypeError:
+        pass
+    raise ValueError(f"must be 'random' or [y, x], fractions in [0, 1] of the height and width, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One op parameter: its default, its check (returns the normalised value) and its documentation."""
+
+    default: Any
+    check: Callable[[Any], Any]
+    doc: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """An augmentation op: the function, its parameters, what it does and which amount 0 skips it."""
+
+    function: Callable[..., np.ndarray]
+    params: dict[str, Param]
+    doc: str
+    identity: str
+
+
+def _p(default: float) -> Param:
+    return Param(default, _number(0.0, 1.0), "probability that the op applies to a variant")
+
+
+_GEOMETRY = {
+    "interpolation": Param("linear", _choice(tuple(_WARP_INTERPOLATIONS)), "nearest | linear | cubic"),
+    "fill": Param("reflect_101", _choice(tuple(FILLS)),
+                  "what appears beyond the borders: reflect_101 (dcb|abcd|cba), reflect (cba|abcd|dcb), "
+                  "replicate (aaa|abcd|ddd), constant (fill_color)"),
+    "fill_color": Param([0, 0, 0], _color, "RGB colour of fill: constant"),
 }
 
-_LIMITS = {"p": (0.0, 1.0), "degrees": (0.0, 180.0), "fraction": (0.0, 0.5), "delta": (0.0, 1.0)}
+#: op name -> :class:`Op`. The names and parameters are part of the spec contract.
+OPS: dict[str, Op] = {
+    "flip": Op(_flip, {"horizontal": Param(True, _boolean, "mirror left-right"),
+                       "vertical": Param(False, _boolean, "mirror top-bottom"), "p": _p(0.5)},
+               "mirror the image; each axis is drawn separately", "p: 0"),
+    "rotate": Op(_rotate, {"degrees": Param(15.0, _degrees, "d: uniform in [-d, d]; or [low, high]"), "p": _p(1.0),
+                           **_GEOMETRY},
+                 "rotate about the centre, counter-clockwise for positive angles; a multiple of 90 degrees on "
+                 "a square image (or of 180 on any) is an exact pixel permutation", "degrees: 0"),
+    "translate": Op(_translate, {"fraction": Param(0.1, _number(0.0, 0.5),
+                                                   "shift uniform in [-f, f] of the width and of the height"),
+                                 "p": _p(1.0), **_GEOMETRY}, "shift the image", "fraction: 0"),
+    "scale": Op(_scale, {"factor": Param([0.8, 1.2], _range(0.0, 10.0, open_low=True),
+                                         "zoom uniform in [low, high]; < 1 zooms out, > 1 in"),
+                         "p": _p(1.0), **_GEOMETRY}, "zoom about the centre, keeping the size", "factor: [1, 1]"),
+    "shear": Op(_shear, {"degrees": Param(10.0, _number(0.0, 60.0), "shear angle uniform in [-d, d]"),
+                         "axis": Param("x", _choice(("x", "y", "both")),
+                                       "x slants vertical lines, y horizontal ones; both draws each"),
+                         "p": _p(1.0), **_GEOMETRY}, "shear about the centre", "degrees: 0"),
+    "crop": Op(_crop, {"scale": Param([0.64, 1.0], _range(0.0, 1.0, open_low=True),
+                                      "area of the crop uniform in [low, high] of the image's, same aspect"),
+                       "p": _p(1.0), "interpolation": _GEOMETRY["interpolation"]},
+               "random crop, resized back to image.size", "scale: [1, 1]"),
+    "mask": Op(_mask, {"shape": Param("rect", _choice(("rect", "circle")), "rect | circle"),
+                       "size": Param([0.2, 0.4], _range(0.0, 1.0),
+                                     "side uniform in [low, high]: a fraction of each side (rect) or of the "
+                                     "shorter side (circle's diameter); [s, s] is a fixed size"),
+                       "position": Param("random", _position,
+                                         "random (uniform where the mask fits) or [y, x]: the centre as fractions "
+                                         "of the height and width"),
+                       "color": Param([0, 0, 0], _color, "RGB the masked pixels get"), "p": _p(0.5)},
+             "cutout: paint one rectangle or disc", "size: [0, 0]"),
+    "brightness": Op(_brightness, {"delta": Param(0.2, _number(0.0, 1.0), "multiply by uniform [1-d, 1+d]"),
+                                   "p": _p(1.0)}, "scale every value", "delta: 0"),
+    "contrast": Op(_contrast, {"delta": Param(0.2, _number(0.0, 1.0),
+                                              "stretch around each channel's mean by uniform [1-d, 1+d]"),
+                               "p": _p(1.0)}, "stretch values around their mean", "delta: 0"),
+    "saturation": Op(_saturation, {"delta": Param(0.2, _number(0.0, 1.0),
+                                                  "blend factor with the gray image, uniform [1-d, 1+d]"),
+                                   "p": _p(1.0)}, "more or less colourful (0 = gray)", "delta: 0"),
+    "hue": Op(_hue, {"delta": Param(0.05, _number(0.0, 0.5),
+                                    "rotate hue by uniform [-d, d] of a full turn (256 steps per turn)"),
+                     "p": _p(1.0)}, "rotate the colours around the colour circle (HSV)", "delta: 0"),
+    "noise": Op(_noise, {"sigma": Param(8.0, _number(0.0, 255.0), "standard deviation, in levels of 0..255"),
+                         "p": _p(1.0)}, "add Gaussian noise to every value", "sigma: 0"),
+    "grayscale": Op(_grayscale, {"p": _p(0.1)},
+                    "OpenCV's RGB2GRAY (0.299 R + 0.587 G + 0.114 B) copied into the three channels", "p: 0"),
+}
 
 
 def normalize_op(raw: Any) -> dict[str, Any]:
     """Validate one augmentation op and complete it with defaults.
 
+    Returns
+    -------
+    dict
+        ``{"op": name, **every parameter}`` with normalised values.
+
     Raises
     ------
     ValueError
-        Naming the op and the offending parameter.
+        Naming the op, the offending parameter and what is valid.
     """
     if not isinstance(raw, Mapping) or "op" not in raw:
         raise ValueError(f"each op must be a mapping with an 'op' key, got {raw!r}")
     name = raw["op"]
-    if name not in OPS:
-        raise ValueError(f"unknown op {name!r}; known: {sorted(OPS)}")
-    defaults = OPS[name][1]
-    params = {k: v for k, v in raw.items() if k != "op"}
-    unknown = sorted(set(params) - set(defaults))
+    if not isinstance(name, str) or name not in OPS:
+        raise ValueError(f"unknown op {name!r}; known: {', '.join(OPS)}")
+    params = OPS[name].params
+    given = {k: v for k, v in raw.items() if k != "op"}
+    unknown = sorted(set(given) - set(params))
     if unknown:
-        raise ValueError(f"op {name!r}: unknown parameter(s) {unknown}; known: {sorted(defaults)}")
-    merged = {**defaults, **params}
-    for key, value in merged.items():
-        if key in ("horizontal", "vertical"):
-            if not isinstance(value, bool):
-                raise ValueError(f"op {name!r}: {key} must be true or false, got {value!r}")
-        elif key == "scale":
-            if (not isinstance(value, (list, tuple)) or len(value) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-                    or not 0.0 < value[0] <= value[1] <= 1.0):
-                raise ValueError(f"op {name!r}: scale must be [low, high] with 0 < low <= high <= 1, got {value!r}")
-            merged[key] = [float(v) for v in value]
-        else:
-            low, high = _LIMITS[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ValueError(f"op {name!r}: {key} must be a number in [{low}, {high}], got {value!r}")
-            merged[key] = float(value)
-    return {"op": name, **merged}
+        raise ValueError(f"op {name!r}: unknown parameter(s) {unknown}; known: {sorted(params)}")
+    out: dict[str, Any] = {"op": name}
+    for key, param in params.items():
+        try:
+            out[key] = param.check(given.get(key, param.default))
+        except ValueError as exc:
+            raise ValueError(f"op {name!r}: {key} {exc}") from None
+    return out
 
 
 def augment_image(image: np.ndarray, ops: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> np.ndarray:
@@ -206,10 +482,23 @@ def augment_image(image: np.ndarray, ops: Sequence[Mapping[str, Any]], rng: np.r
 
     Returns
     -------
-    out : (H, W, 3) uint8 ndarray, same size as `image`.
+    out : (H, W, 3) uint8 ndarray, same size as `image`, C-contiguous.
     """
     out = image
     for op in ops:
-        function = OPS[op["op"]][0]
-        out = function(out, rng, **{k: v for k, v in op.items() if k != "op"})
+        out = OPS[op["op"]].function(out, rng, **{k: v for k, v in op.items() if k != "op"})
     return np.ascontiguousarray(out)
+
+
+def ops_reference() -> str:
+    """The Markdown table of every op and parameter with its default (docs/AUGMENT.md holds it verbatim)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a bare | would end the table cell
+
+    lines = ["| op | parameter | default | meaning |", "|---|---|---|---|"]
+    for name, op in OPS.items():
+        lines.append(f"| `{name}` | | | {cell(op.doc)}; skipped when `{op.identity}` |")
+        for key, param in op.params.items():
+            default = json.dumps(param.default) if isinstance(param.default, (bool, list)) else param.default
+            lines.append(f"| | `{key}` | `{default}` | {cell(param.doc)} |")
+    return "\n".join(lines)

@@ -69,7 +69,7 @@ def parity_spec(tmp_path_factory):
     from conftest import write_spec
 
     return write_spec(tmp_path_factory.mktemp("spec") / "parity.yaml", augment=AUGMENT,
-                      failures={"max_reject_fraction": 0.25}, output={"shards": 6})
+                      failures={"max_reject_fraction": 0.25}, output={"shards": 6, "pixels": True})
 
 
 @pytest.fixture(scope="module")

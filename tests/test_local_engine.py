@@ -19,8 +19,13 @@ from featurelib.io.readers import read_hdf5, read_parquet
 from featurelib.spec import RunSpec
 from ledger import assert_ledger
 
-AUGMENT = {"copies": 2, "splits": ["train"], "ops": [{"op": "flip", "p": 0.5}, {"op": "rotate", "degrees": 10},
-                                                      {"op": "brightness", "delta": 0.1}]}
+# every op, so that the engine parity tests cover each one's draws
+AUGMENT = {"copies": 2, "splits": ["train"], "ops": [
+    {"op": "flip", "p": 0.5}, {"op": "rotate", "degrees": 10}, {"op": "brightness", "delta": 0.1},
+    {"op": "scale", "factor": [0.9, 1.1]}, {"op": "shear", "degrees": 8, "fill": "constant"},
+    {"op": "translate", "fraction": 0.05, "fill": "reflect"}, {"op": "crop", "scale": [0.8, 1.0]},
+    {"op": "contrast"}, {"op": "saturation"}, {"op": "hue"}, {"op": "noise", "sigma": 4},
+    {"op": "mask", "shape": "circle", "size": [0.2, 0.3]}, {"op": "grayscale", "p": 0.2}]}
 
 
 def run_spec(spec_path, inp, out, workers=2, **kwargs):

@@ -36,7 +36,7 @@ def spec(**changes) -> RunSpec:
     ({**BASE, "output": {"formats": ["csv"]}}, "output.formats"),
     ({**BASE, "augment": {"copies": 2}}, "needs at least one op"),
     ({**BASE, "augment": {"copies": 1, "ops": [{"op": "warp"}]}}, r"augment.ops: unknown op 'warp'"),
-    ({**BASE, "augment": {"copies": 1, "ops": [{"op": "flip", "p": 2}]}}, r"p must be a number in \[0.0, 1.0\]"),
+    ({**BASE, "augment": {"copies": 1, "ops": [{"op": "flip", "p": 2}]}}, r"op 'flip': p must be a number in \[0, 1\], got 2"),
     ({**BASE, "decode": {"isolation": "docker"}}, "decode.isolation must be one of"),
     ({**BASE, "dedup": "fuzzy"}, "dedup must be one of"),
     ({**BASE, "labels": ["a", "a"]}, "labels must be a non-empty list of unique"),
