@@ -48,6 +48,15 @@ def test_preview_tiles_are_the_stored_pixels_and_the_pick_is_seeded(photo_dir, s
     out = tmp_path / "out"
     assert main(["run", "--spec", str(spec), "--input", str(photo_dir), "--output", str(out)]) == 0
     stored = stored_pixels(out, size)
+    assert sum("#aug" in key for key in stored) >= 3 * 6
+    # another shard count and one worker: the same pixels for every key
+    again = tmp_path / "again"
+    assert main(["run", "--spec", str(spec), "--input", str(photo_dir), "--output", str(again), "--shards", "5",
+                 "--workers", "1"]) == 0
+    resharded = stored_pixels(again, size)
+    assert resharded.keys() == stored.keys()
+    for key, pixels in stored.items():
+        np.testing.assert_array_equal(resharded[key], pixels, err_msg=key)
 
     png = tmp_path / "preview.png"
     assert main(["preview", "--spec", str(spec), "--input", str(photo_dir), "--n", "4", "--out", str(png)]) == 0

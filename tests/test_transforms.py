@@ -283,3 +283,29 @@ def test_augment_doc_holds_the_generated_op_reference():
 
     doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "AUGMENT.md").read_text()
     assert ops_reference() in doc
+
+
+def test_the_seed_changes_the_variants_never_the_originals(real_images):
+    from featurelib.compute import make_variants
+    from featurelib.spec import RunSpec
+
+    image = resize_image(real_images["astronaut"], (32, 32))
+    doc = {"spec_version": 1, "image": {"size": [32, 32]}, "features": [{"name": "color_stats"}],
+           "augment": {"copies": 2, "ops": [{"op": "rotate"}, {"op": "noise"}]}}
+    one, two = (make_variants(RunSpec.from_dict({**doc, "seed": seed}), image, "a/b.jpg", "train")
+                for seed in (1, 2))
+    assert [v.key for v in one] == [v.key for v in two] == ["a/b.jpg", "a/b.jpg#aug1", "a/b.jpg#aug2"]
+    np.testing.assert_array_equal(one[0].image, image)
+    np.testing.assert_array_equal(two[0].image, image)
+    assert not np.array_equal(one[1].image, two[1].image) and not np.array_equal(one[2].image, two[2].image)
+    val = make_variants(RunSpec.from_dict({**doc, "seed": 1}), image, "a/b.jpg", "val")
+    assert len(val) == 1  # only augment.splits (train by default) get variants
+
+
+def test_brightness_and_contrast_are_their_formulas_per_value(real_images):
+    image = resize_image(real_images["coffee"], (30, 40))
+    bright = apply(image, FixedDraws(0, 1.0), op="brightness", delta=0.5)  # factor 1.5
+    np.testing.assert_array_equal(bright, np.clip(np.rint(image * 1.5), 0, 255).astype(np.uint8))
+    contrast = apply(image, FixedDraws(0, 0.0), op="contrast", delta=0.4)  # factor 0.6
+    mean = image.reshape(-1, 3).mean(axis=0)
+    np.testing.assert_array_equal(contrast, np.clip(np.rint((image - mean) * 0.6 + mean), 0, 255).astype(np.uint8))
