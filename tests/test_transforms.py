@@ -309,3 +309,17 @@ def test_brightness_and_contrast_are_their_formulas_per_value(real_images):
     contrast = apply(image, FixedDraws(0, 0.0), op="contrast", delta=0.4)  # factor 0.6
     mean = image.reshape(-1, 3).mean(axis=0)
     np.testing.assert_array_equal(contrast, np.clip(np.rint((image - mean) * 0.6 + mean), 0, 255).astype(np.uint8))
+
+
+def test_the_augment_doc_example_is_a_valid_spec():
+    import pathlib
+    import re
+
+    import yaml
+
+    from featurelib.spec import RunSpec
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "AUGMENT.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
+    spec = RunSpec.from_dict({"spec_version": 1, "features": [{"name": "color_stats"}], **example})
+    assert spec.augment.copies == 4 and [op["op"] for op in spec.augment.ops][:2] == ["flip", "rotate"]
