@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-descriptors bench-engines clean
+.PHONY: install demo test bench bench-descriptors bench-engines bench-decode clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench-descriptors: install
 # Beam and Spark against the local engine (about 6 minutes, needs Java 17)
 bench-engines: install
 	$(BIN)/python benchmarks/bench_engines.py
+
+# large JPEGs decoded at a reduced DCT scale vs full size, and the photos sample end to end (about 6 minutes)
+bench-decode: install
+	$(BIN)/python benchmarks/bench_decode.py --end-to-end
 
 clean:
 	rm -rf out data .pytest_cache

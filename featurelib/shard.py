@@ -111,7 +111,9 @@ def make_decoder(spec: RunSpec):
     """The decode policy with the spec's settings (isolated in a subprocess when asked)."""
     from featurelib import decode
 
-    options = {"max_pixels": spec.decode.max_pixels, "background": tuple(spec.decode.background)}
+    # With decode.reduce, JPEGs decode at the DCT scale image.size and image.resize allow (decode policy point 11).
+    target = (*spec.image.size, spec.image.resize) if spec.decode.reduce else None
+    options = {"max_pixels": spec.decode.max_pixels, "background": tuple(spec.decode.background), "target": target}
     if spec.decode.isolation == "subprocess":
         return decode.IsolatedDecoder(timeout_s=spec.decode.timeout_s, **options).decode
     return lambda data: decode.decode_image(data, **options)

@@ -126,11 +126,12 @@ class DecodeSpec:
     background: tuple[int, int, int] = (255, 255, 255)
     isolation: str = "none"
     timeout_s: float = 30.0
+    reduce: bool = True  # decode JPEGs at a reduced DCT scale when image.size allows (decode policy point 11)
 
     @classmethod
     def parse(cls, raw: Any) -> DecodeSpec:
         section = _mapping(raw, "decode")
-        _no_unknown(section, ("max_pixels", "background", "isolation", "timeout_s"), "decode")
+        _no_unknown(section, ("max_pixels", "background", "isolation", "timeout_s", "reduce"), "decode")
         background = section.get("background", list(cls.background))
         if (
             not isinstance(background, (list, tuple))
@@ -138,11 +139,15 @@ class DecodeSpec:
             or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255 for v in background)
         ):
             raise SpecError(f"decode.background must be three integers in [0, 255], got {background!r}")
+        reduce = section.get("reduce", cls.reduce)
+        if not isinstance(reduce, bool):
+            raise SpecError(f"decode.reduce must be true or false, got {reduce!r}")
         return cls(
             max_pixels=_int(section.get("max_pixels", cls.max_pixels), "decode.max_pixels", minimum=1),
             background=tuple(background),
             isolation=_choice(section.get("isolation", cls.isolation), ("none", "subprocess"), "decode.isolation"),
             timeout_s=_number(section.get("timeout_s", cls.timeout_s), "decode.timeout_s", low=0.1, high=86400),
+            reduce=reduce,
         )
 
 
@@ -505,7 +510,8 @@ class RunSpec:
             "image": {"size": list(self.image.size), "resize": self.image.resize,
                       "interpolation": self.image.interpolation},
             "decode": {"max_pixels": self.decode.max_pixels, "background": list(self.decode.background),
-                       "isolation": self.decode.isolation, "timeout_s": self.decode.timeout_s},
+                       "isolation": self.decode.isolation, "timeout_s": self.decode.timeout_s,
+                       "reduce": self.decode.reduce},
             "augment": {"copies": self.augment.copies, "splits": list(self.augment.splits),
                         "ops": [dict(op) for op in self.augment.ops]},
             "features": [{"name": f.name, "params": dict(f.params), "column": f.column} for f in self.features],
@@ -542,6 +548,7 @@ class RunSpec:
 
         parts = {
             "decode_policy": DECODE_POLICY_VERSION,
+            "decode_reduce": self.decode.reduce,
             "background": list(self.decode.background),
             "image": {"size": list(self.image.size), "resize": self.image.resize,
                       "interpolation": self.image.interpolation},
