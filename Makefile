@@ -45,6 +45,11 @@ bench-engines: install
 bench-decode: install
 	$(BIN)/python benchmarks/bench_decode.py --end-to-end
 
+# HDF5 layouts of the stored pixels (output.pixels): size, write and read speed (about 3.5 minutes)
+.PHONY: bench-pixels
+bench-pixels: install
+	$(BIN)/python benchmarks/bench_pixels.py
+
 clean:
 	rm -rf out data .pytest_cache
 

@@ -25,6 +25,8 @@ SPEC_VERSION = 1
 RESIZE_MODES = ("stretch", "aspect_crop", "pad")
 INTERPOLATIONS = ("area", "linear", "cubic")
 OUTPUT_FORMATS = ("parquet", "hdf5")
+#: ``output.pixels_compression``: filter of the HDF5 ``images`` dataset (docs/PIXELS.md has the figures).
+PIXELS_COMPRESSIONS = ("none", "gzip")
 
 
 def canonical_json(value: Any) -> str:
@@ -253,11 +255,13 @@ class OutputSpec:
     shards: int | None = None
     rows_per_shard: int | None = None
     pixels: bool = False
+    pixels_compression: str = "none"
 
     @classmethod
     def parse(cls, raw: Any) -> OutputSpec:
         section = _mapping(raw, "output")
-        _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "pixels"), "output")
+        _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "pixels", "pixels_compression"),
+                    "output")
         formats = section.get("formats", list(cls.formats))
         if (
             not isinstance(formats, (list, tuple))
@@ -281,15 +285,28 @@ class OutputSpec:
         pixels = section.get("pixels", False)
         if not isinstance(pixels, bool):
             raise SpecError(f"output.pixels must be true or false, got {pixels!r}")
+        compression = _choice(section.get("pixels_compression", cls.pixels_compression), PIXELS_COMPRESSIONS,
+                              "output.pixels_compression")
+        if compression != "none" and not (pixels and "hdf5" in formats):
+            raise SpecError(f"output.pixels_compression {compression!r} applies to the HDF5 images of "
+                            "output.pixels: it needs output.pixels: true and hdf5 in output.formats")
         path = section.get("path")
         if path is not None and (not isinstance(path, str) or not path):
             raise SpecError(f"output.path must be a non-empty string, got {path!r}")
-        return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, pixels=pixels)
+        return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, pixels=pixels,
+                   pixels_compression=compression)
 
     def layout(self) -> dict[str, Any]:
-        """The layout part of the run fingerprint (not the path: an output may move)."""
-        return {"formats": list(self.formats), "shards": self.shards,
-                "rows_per_shard": self.rows_per_shard, "pixels": self.pixels}
+        """The layout part of the run fingerprint (not the path: an output may move).
+
+        ``pixels_compression`` only when not ``none``: outputs written before it
+        existed keep their fingerprint.
+        """
+        layout = {"formats": list(self.formats), "shards": self.shards,
+                  "rows_per_shard": self.rows_per_shard, "pixels": self.pixels}
+        if self.pixels_compression != "none":
+            layout["pixels_compression"] = self.pixels_compression
+        return layout
 
     def shard_count(self, listed: int) -> int:
         """``shards``, or ``ceil(listed / rows_per_shard)`` (at least 1)."""
@@ -519,7 +536,7 @@ class RunSpec:
                       "by": self.split.by},
             "dedup": self.dedup,
             "output": {"path": self.output.path, "formats": list(self.output.formats),
-                       "pixels": self.output.pixels,
+                       "pixels": self.output.pixels, "pixels_compression": self.output.pixels_compression,
                        **({"shards": self.output.shards} if self.output.shards is not None
                           else {"rows_per_shard": self.output.rows_per_shard})},
             "failures": {"max_reject_fraction": self.failures.max_reject_fraction},
