@@ -162,7 +162,8 @@ class AugmentSpec:
     ops: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
-    def parse(cls, raw: Any) -> AugmentSpec:
+    def parse(cls, raw: Any, problems: Problems | None = None) -> AugmentSpec:
+        """Parse ``augment``; each bad op goes to `problems` (else the first raises)."""
         section = _mapping(raw, "augment")
         _no_unknown(section, ("copies", "splits", "ops"), "augment")
         copies = _int(section.get("copies", 0), "augment.copies", minimum=0)
@@ -174,13 +175,20 @@ class AugmentSpec:
         raw_ops = section.get("ops", [])
         if not isinstance(raw_ops, (list, tuple)):
             raise SpecError(f"augment.ops must be a list, got {raw_ops!r}")
-        try:
-            ops = tuple(transforms.normalize_op(op) for op in raw_ops)
-        except ValueError as exc:
-            raise SpecError(f"augment.ops: {exc}") from None
+        ops, bad = [], []
+        for index, op in enumerate(raw_ops):
+            try:
+                ops.append(transforms.normalize_op(op))
+            except ValueError as exc:
+                bad.append(f"augment.ops[{index}]: {exc}")
+        if bad and problems is not None:
+            for message in bad[:-1]:
+                problems.add(message)
+        if bad:
+            raise SpecError(bad[-1])
         if copies and not ops:
             raise SpecError("augment.copies > 0 needs at least one op in augment.ops")
-        return cls(copies=copies, splits=tuple(splits), ops=ops)
+        return cls(copies=copies, splits=tuple(splits), ops=tuple(ops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +459,7 @@ class RunSpec:
             "seed": problems.attempt(lambda: _int(doc.get("seed", 0), "seed", minimum=0), 0),
             "image": problems.attempt(lambda: ImageSpec.parse(doc.get("image")), ImageSpec()),
             "decode": problems.attempt(lambda: DecodeSpec.parse(doc.get("decode")), DecodeSpec()),
-            "augment": problems.attempt(lambda: AugmentSpec.parse(doc.get("augment")), AugmentSpec()),
+            "augment": problems.attempt(lambda: AugmentSpec.parse(doc.get("augment"), problems), AugmentSpec()),
             "split": problems.attempt(lambda: SplitSpec.parse(doc.get("split")), SplitSpec()),
             "dedup": problems.attempt(lambda: _choice(doc.get("dedup", "none"), ("none", "content"), "dedup"), "none"),
             "output": problems.attempt(lambda: OutputSpec.parse(doc.get("output")), OutputSpec()),
@@ -582,7 +590,7 @@ class RunSpec:
             "seed": self.seed,
             "split": dataclasses.asdict(self.split),
             "augment": {"copies": self.augment.copies, "splits": list(self.augment.splits),
-                        "ops": [dict(op) for op in self.augment.ops]},
+                        "ops": [dict(op) for op in self.augment.ops], "version": transforms.AUGMENT_VERSION},
             "dedup": self.dedup,
             "max_pixels": self.decode.max_pixels,
             "output": self.output.layout(),

@@ -35,7 +35,7 @@ def spec(**changes) -> RunSpec:
     ({**BASE, "output": {"shards": 2, "rows_per_shard": 10}}, "exclusive"),
     ({**BASE, "output": {"formats": ["csv"]}}, "output.formats"),
     ({**BASE, "augment": {"copies": 2}}, "needs at least one op"),
-    ({**BASE, "augment": {"copies": 1, "ops": [{"op": "warp"}]}}, r"augment.ops: unknown op 'warp'"),
+    ({**BASE, "augment": {"copies": 1, "ops": [{"op": "warp"}]}}, r"augment.ops\[0\]: unknown op 'warp'"),
     ({**BASE, "augment": {"copies": 1, "ops": [{"op": "flip", "p": 2}]}}, r"op 'flip': p must be a number in \[0, 1\], got 2"),
     ({**BASE, "decode": {"isolation": "docker"}}, "decode.isolation must be one of"),
     ({**BASE, "dedup": "fuzzy"}, "dedup must be one of"),
@@ -121,3 +121,13 @@ def test_every_extractor_declares_its_output():
             continue
         assert out.dtype == np.float32
         assert out.shape == (2, definition.output_dim(params, (40, 30)))
+
+
+def test_every_bad_augmentation_op_is_listed():
+    doc = {**BASE, "augment": {"copies": 1, "ops": [{"op": "rotae"}, {"op": "flip"}, {"op": "mask", "shape": "x"}]}}
+    with pytest.raises(SpecError) as raised:
+        RunSpec.from_dict(doc)
+    message = str(raised.value)
+    assert "2 problems in the spec" in message
+    assert "augment.ops[0]: unknown op 'rotae'; known: flip, rotate" in message
+    assert "augment.ops[2]: op 'mask': shape must be one of rect, circle; got 'x'" in message
