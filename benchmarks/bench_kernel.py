@@ -87,7 +87,11 @@ FEATURES = [
 
 
 def photos_spec(data: str, output: str, *, shards: int | None = None, rows_per_shard: int | None = None):
-    """deploy/specs/photos.yaml minus ``augment``, on `data`, writing to `output`."""
+    """deploy/specs/photos.yaml minus ``augment``, on `data`, writing to `output`.
+
+    ``decode.reduce: false``: the plain loop this kernel is compared with decodes at full size, so
+    both do the same work (reduced decoding is measured on its own by ``bench_decode.py``).
+    """
     from featurelib.spec import RunSpec
 
     out: dict = {"path": output, "formats": ["parquet", "hdf5"]}
@@ -100,6 +104,7 @@ def photos_spec(data: str, output: str, *, shards: int | None = None, rows_per_s
         "input": {"path": data},
         "seed": 7,
         "image": {"size": [224, 224], "resize": "aspect_crop", "interpolation": "area"},
+        "decode": {"reduce": False},
         "features": FEATURES,
         "output": out,
     })
