@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-descriptors bench-engines bench-decode clean
+.PHONY: install demo test bench bench-descriptors bench-engines bench-decode bench-augment clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ bench-engines: install
 # large JPEGs decoded at a reduced DCT scale vs full size, and the photos sample end to end (about 6 minutes)
 bench-decode: install
 	$(BIN)/python benchmarks/bench_decode.py --end-to-end
+
+# every augmentation op against the bare OpenCV/numpy call doing the same (about 20 seconds)
+bench-augment: install
+	$(BIN)/python benchmarks/bench_augment.py
 
 # HDF5 layouts of the stored pixels (output.pixels): size, write and read speed (about 3.5 minutes)
 .PHONY: bench-pixels

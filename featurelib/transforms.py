@@ -455,6 +455,39 @@ OPS: dict[str, Op] = {
 }
 
 
+#: The ops featurelib ships (docs/AUGMENT.md lists these; plugins may add others).
+BUILTIN_OPS: tuple[str, ...] = tuple(OPS)
+
+
+def register_op(name: str, function: Callable[..., np.ndarray], params: Mapping[str, Param], *, doc: str,
+                identity: str) -> Op:
+    """Add an augmentation op (for plugin modules: see docs/EXTENDING.md).
+
+    Parameters
+    ----------
+    function : callable
+        ``function(image, rng, **params) -> image``: (H, W, 3) uint8 in and out, the same size; it
+        must draw a fixed number of values from `rng` whatever the image and whether it applies.
+    params : mapping of str to Param
+        Every parameter with its default, check and documentation (include ``p``).
+
+    Raises
+    ------
+    ValueError
+        If another op already has that name.
+    """
+    op = Op(function, dict(params), doc, identity)
+    if name in OPS and OPS[name] != op:
+        raise ValueError(f"augmentation op {name!r} is already registered")
+    OPS[name] = op
+    return op
+
+
+def probability(default: float) -> Param:
+    """The usual ``p`` parameter, for :func:`register_op`."""
+    return _p(default)
+
+
 def normalize_op(raw: Any) -> dict[str, Any]:
     """Validate one augmentation op and complete it with defaults.
 
@@ -512,7 +545,8 @@ def ops_reference() -> str:
         return text.replace("|", "\\|")  # a bare | would end the table cell
 
     lines = ["| op | parameter | default | meaning |", "|---|---|---|---|"]
-    for name, op in OPS.items():
+    for name in BUILTIN_OPS:
+        op = OPS[name]
         lines.append(f"| `{name}` | | | {cell(op.doc)}; skipped when `{op.identity}` |")
         for key, param in op.params.items():
             default = json.dumps(param.default) if isinstance(param.default, (bool, list)) else param.default

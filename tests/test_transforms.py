@@ -95,7 +95,7 @@ def test_bad_ops(op, message):
 
 # --- every op: hand-computed and OpenCV references -------------------------------------------------
 
-from featurelib.transforms import OPS as OP_TABLE  # noqa: E402
+from featurelib.transforms import BUILTIN_OPS  # noqa: E402
 
 
 class FixedDraws:
@@ -129,7 +129,7 @@ IDENTITIES = [
 
 
 def test_every_op_has_an_identity_case():
-    assert {o["op"] for o in IDENTITIES} == set(OP_TABLE)
+    assert {o["op"] for o in IDENTITIES} == set(BUILTIN_OPS)
 
 
 @pytest.mark.parametrize("op", IDENTITIES, ids=lambda o: f"{o['op']}-{list(o.values())[1]}")
@@ -139,7 +139,7 @@ def test_an_op_whose_amount_is_zero_returns_its_input(op, real_images):
     np.testing.assert_array_equal(out, image)
 
 
-@pytest.mark.parametrize("name", sorted(OP_TABLE))
+@pytest.mark.parametrize("name", sorted(BUILTIN_OPS))
 def test_an_op_draws_the_same_count_whether_it_applies_or_not(name, real_images):
     """Skipping an op (p = 0) must not shift the draws of the ops after it."""
     image = resize_image(real_images["rocket"], (24, 32))
@@ -323,3 +323,18 @@ def test_the_augment_doc_example_is_a_valid_spec():
     example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", doc, re.S).group(1))
     spec = RunSpec.from_dict({"spec_version": 1, "features": [{"name": "color_stats"}], **example})
     assert spec.augment.copies == 4 and [op["op"] for op in spec.augment.ops][:2] == ["flip", "rotate"]
+
+
+def test_the_extending_guide_op_example_registers_a_working_op():
+    import pathlib
+    import re
+
+    guide = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "EXTENDING.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", guide, re.S) if "register_op" in block)
+    exec(compile(code, "EXTENDING.md", "exec"), {})
+    image = resize_image(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8), (20, 30))
+    np.testing.assert_array_equal(apply(image, FixedDraws(0.0), op="invert", p=0.5), 255 - image)
+    np.testing.assert_array_equal(apply(image, FixedDraws(0.9), op="invert", p=0.5), image)
+    with pytest.raises(ValueError, match="already registered"):
+        from featurelib.transforms import Param, register_op
+        register_op("invert", lambda image, rng: image, {"p": Param(1.0, float, "")}, doc="", identity="")

@@ -105,4 +105,5 @@ def _fail_on_flat(image, rng, *, p):
     return image
 
 
-transforms.OPS.setdefault("fail_on_flat", (_fail_on_flat, {"p": 1.0}))
+transforms.register_op("fail_on_flat", _fail_on_flat, {"p": transforms.probability(1.0)},
+                       doc="raises on flat images", identity="p: 0")
