@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 
 import pytest
@@ -131,3 +132,10 @@ def test_every_bad_augmentation_op_is_listed():
     assert "2 problems in the spec" in message
     assert "augment.ops[0]: unknown op 'rotae'; known: flip, rotate" in message
     assert "augment.ops[2]: op 'mask': shape must be one of rect, circle; got 'x'" in message
+
+
+@pytest.mark.parametrize("path", sorted((pathlib.Path(__file__).resolve().parent.parent / "deploy" / "specs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_spec_parses(path):
+    spec = RunSpec.from_yaml(str(path))
+    assert spec.features and spec.input.path and spec.output.path
