@@ -101,10 +101,10 @@ def plain_cases():
 
     return [
         ("flip", {"op": "flip", "p": 1.0}, lambda image, rng: cv2.flip(image, 1)),
-        ("rotate", {"op": "rotate", "degrees": 15}, warp(cv2.getRotationMatrix2D(centre, 10.0, 1.0))),
+        ("rotate", {"op": "rotate", "degrees": [10, 10]}, warp(cv2.getRotationMatrix2D(centre, 10.0, 1.0))),
         ("translate", {"op": "translate"}, warp(np.array([[1.0, 0.0, 12.0], [0.0, 1.0, -9.0]]))),
-        ("scale", {"op": "scale"}, warp(cv2.getRotationMatrix2D(centre, 0.0, 1.1))),
-        ("shear", {"op": "shear"}, shear),
+        ("scale", {"op": "scale", "factor": [1.1, 1.1]}, warp(cv2.getRotationMatrix2D(centre, 0.0, 1.1))),
+        ("shear", {"op": "shear", "degrees": 6.0}, shear),
         ("crop", {"op": "crop"}, crop),
         ("mask", {"op": "mask", "p": 1.0}, mask),
         ("brightness", {"op": "brightness"}, brightness),

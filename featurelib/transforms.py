@@ -230,12 +230,15 @@ def _mask(image: np.ndarray, rng: np.random.Generator, *, shape: str, size: Sequ
     top, left, mh, mw = mask_box(image.shape, fraction, position, uy, ux, circle=shape == "circle")
     if mh == 0 or mw == 0:
         return image
-    out = image.copy()
-    region = out[top : top + mh, left : left + mw]
-    if shape == "circle":
-        region[disc(mh)] = color
-    else:
-        region[:] = color
+    out = np.ascontiguousarray(image).copy()
+    paint = tuple(int(v) for v in color)
+    # OpenCV fills: numpy broadcasting a 3-value colour over a region costs 10-20x more
+    if shape == "rect":
+        cv2.rectangle(out, (left, top), (left + mw - 1, top + mh - 1), paint, thickness=-1)
+        return out
+    solid = np.empty((mh, mw, 3), np.uint8)
+    cv2.rectangle(solid, (0, 0), (mw - 1, mh - 1), paint, thickness=-1)
+    cv2.copyTo(solid, disc(mh).view(np.uint8), out[top : top + mh, left : left + mw])
     return out
 
 

@@ -338,3 +338,15 @@ def test_the_extending_guide_op_example_registers_a_working_op():
     with pytest.raises(ValueError, match="already registered"):
         from featurelib.transforms import Param, register_op
         register_op("invert", lambda image, rng: image, {"p": Param(1.0, float, "")}, doc="", identity="")
+
+
+def test_a_circular_mask_inside_a_photo_equals_the_numpy_disc(real_images):
+    from featurelib.transforms import disc
+
+    image = resize_image(real_images["chelsea"], (60, 80))
+    out = apply(image, FixedDraws(0, 0.5, 0, 0), op="mask", shape="circle", size=[0.5, 0.5], position=[0.4, 0.3],
+                color=[9, 200, 30], p=1)
+    expected = image.copy()
+    side = 30  # 0.5 * min(60, 80); centre (24, 24) -> top-left (9, 9)
+    expected[9 : 9 + side, 9 : 9 + side][disc(side)] = [9, 200, 30]
+    np.testing.assert_array_equal(out, expected)
