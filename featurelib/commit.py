@@ -121,6 +121,15 @@ def _artifact_hashes(tasks: Sequence[ShardTask]) -> dict[str, str]:
     return {ref.column: ref.sha256 for ref in tasks[0].artifacts}
 
 
+def extractor_files(spec: RunSpec) -> list[dict[str, Any]]:
+    """``[{column, param, path, sha256, bytes}]``: the input files (network weights) the spec's extractors
+    read, each entering the feature fingerprint by its sha256 (:meth:`featurelib.registry.ExtractorDef.files`)."""
+    from featurelib import registry
+
+    return [{"column": f.column, **entry}
+            for f in spec.features for entry in registry.get(f.name).file_entries(f.params)]
+
+
 def merge_stats(root: str, tasks: Sequence[ShardTask], columns: Sequence[str]) -> ShardStats:
     """The run's statistics: every shard's accumulator read from disk, merged in shard order."""
     parts = []
@@ -183,6 +192,7 @@ def commit(tasks: Sequence[ShardTask], results: Sequence[ShardResult], *, engine
         "run_fingerprint": schema.run_fingerprint,
         "spec_fingerprints": {"feature": spec.feature_fingerprint(), "run": spec.run_fingerprint()},
         "artifacts": [dataclasses.asdict(ref) for ref in tasks[0].artifacts],
+        "extractor_files": extractor_files(spec),
         "spec": spec.to_dict(secrets=False),
         "versions": _versions(),
         "engine": engine,

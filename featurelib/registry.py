@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import hashlib
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -45,7 +46,8 @@ ENTRY_POINT_GROUP = "featurelib.extractors"
 
 #: Built-in families, imported on first lookup (each registers its declarations).
 BUILTIN_FAMILIES = ("featurelib.descriptors.color", "featurelib.descriptors.shape", "featurelib.descriptors.texture",
-                    "featurelib.descriptors.gradient", "featurelib.descriptors.keypoints")
+                    "featurelib.descriptors.gradient", "featurelib.descriptors.keypoints",
+                    "featurelib.deep.extractors")
 
 #: Batch size of the per-image adapter: images are stacked only to be walked one by one,
 #: so the size just bounds memory (64 x 224 x 224 x 3 = 9.6 MB).
@@ -188,6 +190,13 @@ class ExtractorDef:
         e.g. ``{"deep"}`` for extractors that need heavy per-worker state.
     artifact : ArtifactDef or None
         Fitted by a pre-pass before the main pass.
+    files : callable or None
+        ``files(params) -> {param: path}``: input files that parameters name (network
+        weights). Each such parameter enters the feature's identity as the file's
+        content hash (``"sha256:<hex>"``) instead of its value, so moving a file keeps
+        the fingerprint and another file changes it; the manifest lists them
+        (``extractor_files``). It may resolve a symbolic value to a cached file
+        (``weights: imagenet``), fetching it first, and raises SpecError when it cannot.
     """
 
     name: str
@@ -199,6 +208,7 @@ class ExtractorDef:
     view: str = "rgb"
     tags: frozenset[str] = frozenset()
     artifact: ArtifactDef | None = None
+    files: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
     dtype = np.float32  # every extractor returns float32 (the output schema relies on it)
 
     def __post_init__(self) -> None:
@@ -247,15 +257,57 @@ class ExtractorDef:
                             f"({type(exc).__name__}: {exc})") from None
 
     def identity_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters that enter the fingerprint (a saved artefact's path does not)."""
+        """The parameters that enter the fingerprint: a saved artefact's path does not, and a
+        parameter naming an input file (:attr:`files`) enters as ``"sha256:<hex>"`` of its content."""
         skip = {self.artifact.param, *self.artifact.fit_params} if self.artifact is not None else set()
-        return {k: v for k, v in params.items() if k not in skip}
+        identity = {k: v for k, v in params.items() if k not in skip}
+        for param, path in self.input_files(params).items():
+            identity[param] = f"sha256:{file_sha256(path, where=f'feature {self.name!r}: {param}')}"
+        return identity
+
+    def input_files(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """``{param: path}`` of the input files `params` name (empty without :attr:`files`)."""
+        return dict(self.files(params)) if self.files is not None else {}
+
+    def file_entries(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``[{param, path, sha256, bytes}]`` of the input files `params` name (for the manifest)."""
+        return [{"param": param, "path": path, "sha256": file_sha256(path), "bytes": os.path.getsize(path)}
+                for param, path in self.input_files(params).items()]
 
     def build(self, params: Mapping[str, Any], artifacts: Mapping[str, bytes] | None = None) -> Handler:
         """A loaded handler for normalised `params` (what a worker does once per spec)."""
         handler = self.handler()
         handler.load(dict(params), dict(artifacts or {}))
         return handler
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str, *, where: str = "input file") -> str:
+    """sha256 hex of a file's content, computed once per process per (path, size, mtime).
+
+    Network weights run to hundreds of megabytes (VGG16's ImageNet file: 528 MB)
+    and enter every fingerprint of a run; a changed file gets a new size or
+    modification time and is hashed again.
+
+    Raises
+    ------
+    SpecError
+        If the file cannot be read (`where` names the parameter in the message).
+    """
+    try:
+        status = os.stat(path)
+        key = (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+            _FILE_HASHES[key] = digest.hexdigest()
+        return _FILE_HASHES[key]
+    except OSError as exc:
+        raise SpecError(f"{where}: cannot read {path!r}: {exc.strerror or exc}") from None
 
 
 def per_image(function: Callable[..., np.ndarray]) -> Callable[[], Handler]:
