@@ -377,4 +377,8 @@ def test_vgg16_onnx_backend_reads_the_same_weights_without_tensorflow(real_image
                                                   "backend": "onnx"})
             got = definition.build(params).extract_batch(images)
             assert got.shape == expected.shape and got.dtype == np.float32
-            assert relative(got, expected).max() <= 1e-4, (pooling, layout)
+            assert relative(got, expected).max() <= 1e-4, (pooling, layout)  # measured: 3e-6
+    # int8 (a statically quantised graph, ONNX Runtime): the same features, coarsely (measured: 2-3%).
+    params = definition.normalize_params({"weights": str(vgg_files["keras3"]), "pooling": "avg", "backend": "onnx",
+                                          "precision": "int8"})
+    assert relative(definition.build(params).extract_batch(images), expected).max() <= 0.1
