@@ -347,7 +347,7 @@ def test_every_extractor_returns_its_declared_shape_finite_values_and_normalised
     if flat:
         rgb[:] = rgb[0, 0]
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    for name in registry.names():
+    for name in registry.names(exclude_tags={"deep"}):
         definition = registry.get(name)
         if definition.artifact is not None or name in ("always_fails", "needs_missing_module", "runs_out_of_memory",
                                                        "fragile_mean", "edge_density"):
@@ -390,7 +390,7 @@ def test_every_loaded_handler_survives_a_pickle_round_trip_and_tiny_images(grays
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     vocabulary = npz_bytes({"centers": local_descriptors(gray, max_keypoints=40)[:8].copy(),
                             "idf": np.ones(8, np.float32)})
-    cases = [(name, {}) for name in registry.names() if name != "keypoints_bovw"]
+    cases = [(name, {}) for name in registry.names(exclude_tags={"deep"}) if name != "keypoints_bovw"]
     cases += [("keypoints_bovw", {"vocabulary_size": 8, "descriptor": d}) for d in DESCRIPTORS]
     for name, extra in cases:
         definition = registry.get(name)
