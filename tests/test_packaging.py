@@ -48,3 +48,16 @@ def test_make_demo_from_a_fresh_clone(tmp_path):
     for engine in ("local", "beam", "spark"):
         manifest = json.loads((clone / "out" / "demo" / engine / "_manifest.json").read_text())
         assert manifest["counts"]["listed"] == 1797 and manifest["engine"] == engine
+
+
+def test_the_gpu_image_copies_what_exists_and_pins_the_deep_extras_tensorflow():
+    """No Docker engine here: check the Dockerfile against the tree and setup.py instead."""
+    import re
+
+    dockerfile = (ROOT / "deploy" / "gpu" / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (.+?) \S+$", dockerfile, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    setup = (ROOT / "setup.py").read_text()
+    version = re.search(r'"tensorflow-cpu==([\d.]+)"', setup).group(1)
+    assert f'"tensorflow[and-cuda]=={version}"' in dockerfile
