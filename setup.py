@@ -28,6 +28,7 @@ EXTRAS = {
     "beam": ["apache-beam==2.77.0"],        # FnApiRunner behaviour (no Prism download) measured on 2.77
     "spark": ["pyspark==4.3.0"],            # runs on Java 17; standalone cluster from the pip package
     "deep": ["tensorflow-cpu==2.21.0"],     # Keras 3.15 VGG16; the CPU build never pulls CUDA
+    "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],  # import with TF 2.21 + protobuf 6.33 (checked); int8 bytes follow ORT
     "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
