@@ -369,11 +369,8 @@ def _color(value: Any) -> list[int]:
 def _position(value: Any) -> str | list[float]:
     if value == "random":
         return value
-    try:
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) and 0 <= v <= 1 for v in value):
-            return [float(v) for v in value]
-    except TypeError:
-        pass
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) and 0 <= v <= 1 for v in value):
+        return [float(v) for v in value]
     raise ValueError(f"must be 'random' or [y, x], fractions in [0, 1] of the height and width, got {value!r}")
 
 

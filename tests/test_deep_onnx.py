@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (the deep and onnx extras are part of the test install)
+import onnx  # noqa: E402,F401
+import onnxruntime  # noqa: E402,F401
 
 from featurelib.deep import onnx_graph as og  # noqa: E402
 
