@@ -22,6 +22,7 @@ CORE = [
     "pyyaml>=6,<7",                         # the spec
     "fsspec>=2024.6",                       # object-store inputs (s3://, gs://, ...) through one API
     "pandas>=2.2,<3",                       # PySpark 4.3 does not fully support pandas 3 yet
+    "matplotlib>=3.9,<4",                   # training reports: confusion matrix and loss curves (PNG)
 ]
 
 EXTRAS = {
@@ -29,7 +30,8 @@ EXTRAS = {
     "spark": ["pyspark==4.3.0"],            # runs on Java 17; standalone cluster from the pip package
     "deep": ["tensorflow-cpu==2.21.0"],     # Keras 3.15 VGG16; the CPU build never pulls CUDA
     "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],  # import with TF 2.21 + protobuf 6.33 (checked); int8 bytes follow ORT
-    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+    "torch": ["torch==2.13.0"],             # the PyTorch reader; 2.13.0 is the CPU build pip finds on this disk
+    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "duckdb>=1.1"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -46,6 +48,10 @@ setup(
         "featurelib.engines": [
             "beam = pipelines.extract_features:BeamEngine [beam]",
             "spark = jobs.extract_features:SparkEngine [spark]",
+        ],
+        "featurelib.trainers": [
+            "sklearn = featurelib.train.sklearn_trainer:SklearnTrainer",
+            "spark = featurelib.train.spark_trainer:SparkTrainer [spark]",
         ],
     },
 )
