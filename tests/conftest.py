@@ -137,3 +137,23 @@ def spark():
                             app_name="featurelib-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_output(tmp_path_factory, digits_dir) -> pathlib.Path:
+    """A committed output of all 1,797 digits (local engine): ``hog`` and ``lbp`` columns, pixels
+    stored, Parquet and HDF5 in 4 shards, split 0.6/0.2/0.2 (about 360 test images). Shared by the
+    training and reader tests: treat it as read-only (write models and predictions elsewhere or
+    into a copy)."""
+    from featurelib.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    spec = write_spec(root / "digits.yaml", image={"size": [32, 32]},
+                      features=[{"name": "hog", "params": {"pixels_per_cell": [8, 8], "cells_per_block": [2, 2]}},
+                                {"name": "lbp"}],
+                      split={"train": 0.6, "val": 0.2, "test": 0.2},
+                      output={"shards": 4, "pixels": True, "formats": ["parquet", "hdf5"]})
+    out = root / "out"
+    code = main(["run", "--spec", str(spec), "--input", str(digits_dir), "--output", str(out), "--workers", "2"])
+    assert code == 0, code
+    return out
