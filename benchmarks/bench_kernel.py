@@ -205,6 +205,36 @@ def wait_quiet(log, *, idle: float = 0.9, probe_s: float = 2.0, max_wait_s: floa
 WATCHED_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
+def proc_stats() -> dict[int, tuple[str, int, int, int]]:
+    """Every process now: pid -> (comm, ppid, utime ticks, stime ticks), from /proc/<pid>/stat."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            stats[int(name)] = (text[text.index("(") + 1:text.rindex(")")], int(fields[1]),
+                                int(fields[11]), int(fields[12]))
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, tuple[str, int, int, int]]) -> set[int]:
+    """`root` and all its descendants among `stats` (:func:`proc_stats`)."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, frontier = {root}, [root]
+    while frontier:
+        for kid in children.get(frontier.pop(), []):
+            if kid not in tree:
+                tree.add(kid)
+                frontier.append(kid)
+    return tree
+
+
 class TreeCpu:
     """CPU time (user, sys) of a process and all its descendants, sampled from /proc.
 
@@ -224,26 +254,8 @@ class TreeCpu:
         self._thread.start()
 
     def _sample(self) -> None:
-        stats = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as handle:
-                        text = handle.read()
-                except OSError:
-                    continue
-                fields = text[text.rindex(")") + 2:].split()
-                stats[int(name)] = (text[text.index("(") + 1:text.rindex(")")], int(fields[1]),
-                                    int(fields[11]), int(fields[12]))
-        children: dict[int, list[int]] = {}
-        for pid, (_, ppid, _, _) in stats.items():
-            children.setdefault(ppid, []).append(pid)
-        tree, frontier = {self.root}, [self.root]
-        while frontier:
-            for kid in children.get(frontier.pop(), []):
-                if kid not in tree:
-                    tree.add(kid)
-                    frontier.append(kid)
+        stats = proc_stats()
+        tree = process_tree(self.root, stats)
         for pid in tree & stats.keys():
             comm, _, utime, stime = stats[pid]
             self.ticks[pid] = (comm, utime, stime)
