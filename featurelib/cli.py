@@ -4,6 +4,8 @@
     featurize run --spec spec.yaml --input data/digits --output out/digits [--engine local|beam|spark]
     featurize inspect out/digits
     featurize preview --spec spec.yaml --input data/photos --n 8 --out preview.png
+    featurize train out/digits --features hog --model logreg [--trainer sklearn|spark]
+    featurize predict out/new --model out/digits/models/logreg-hog
 
 Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
 arguments, input, output); 3 failed by policy (error budget); 130 interrupted;
@@ -71,6 +73,30 @@ def _parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a committed output")
     inspect.add_argument("output")
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
+
+    train = sub.add_parser("train", help="fit a classifier on an output's features (docs/TRAINING.md)",
+                           description="Fit on the train split, select on val, report on test; save the model "
+                                       "under OUT/models/NAME/ (model.json, report.json, confusion.png).")
+    train.add_argument("output", metavar="OUT", help="a committed output")
+    train.add_argument("--features", required=True, help="feature columns, comma-separated (e.g. hog,lbp)")
+    train.add_argument("--model", required=True,
+                       help="logreg, knn, linear_svm, random_forest, decision_tree or sgd (the trainer says which "
+                            "it fits)")
+    train.add_argument("--trainer", default="sklearn", help="sklearn (default) or spark (needs its extra)")
+    train.add_argument("--name", help="model folder under OUT/models/ (default <model>-<columns joined by +>)")
+    train.add_argument("--standardize", action="store_true", help="standardise features with train statistics")
+    train.add_argument("--pca", type=int, metavar="N", help="project on N principal components of a train sample")
+    train.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model folder of that name")
+    train.add_argument("--master", help="spark trainer: the Spark master URL")
+    train.add_argument("--conf", action="append", default=[], metavar="K=V", help="spark trainer: a Spark setting "
+                                                                                   "(repeatable)")
+
+    predict = sub.add_parser("predict", help="apply a saved model to an output with the same features",
+                             description="Write OUT_NEW/predictions/NAME.parquet: a predicted label (and "
+                                         "probabilities) for every row, unlabelled ones included.")
+    predict.add_argument("output", metavar="OUT_NEW", help="a committed output with the model's feature fingerprint")
+    predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="a saved model, OUT/models/NAME")
     return parser
 
 
@@ -151,6 +177,54 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK if same else EXIT_ERROR
 
 
+def _train(args: argparse.Namespace) -> int:
+    from featurelib.train import trainer_class
+    from featurelib.train.base import TrainRequest, default_name, format_report
+
+    columns = [name.strip() for name in args.features.split(",") if name.strip()]
+    if not columns:
+        raise UserError("--features: give at least one feature column (e.g. --features hog,lbp)")
+    options: dict = {}
+    if args.master:
+        options["master"] = args.master
+    if args.conf:
+        options["conf"] = dict(_key_value(item) for item in args.conf)
+    trainer = trainer_class(args.trainer)()
+    if args.model not in trainer.models:
+        raise UserError(f"unknown model {args.model!r}; the {trainer.name} trainer fits: {', '.join(trainer.models)}")
+    request = TrainRequest(output=args.output, columns=columns, model=args.model,
+                           name=args.name or default_name(args.model, columns), standardize=args.standardize,
+                           pca=args.pca, seed=args.seed, options=options, overwrite=args.overwrite)
+    report = trainer.train(request)
+    print(format_report(report))
+    print(f"model saved in {request.model_dir}")
+    return EXIT_OK
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--conf {item!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from featurelib.train import trainer_class
+    from featurelib.train.base import read_model_info
+
+    info = read_model_info(args.model)
+    path = trainer_class(info["trainer"])().predict(args.model, args.output)
+    labels = pq.read_table(path, columns=["label_name"]).column("label_name").to_pylist()
+    print(f"wrote {len(labels)} predictions to {path}")
+    for name, count in sorted(collections.Counter(labels).items()):
+        print(f"  {name:<16}{count}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
@@ -159,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
-                "preview": lambda: _preview(args)}
+                "preview": lambda: _preview(args), "train": lambda: _train(args),
+                "predict": lambda: _predict(args)}
     return with_exit_codes(commands[args.command])
 
 

@@ -55,7 +55,10 @@ class TrainRequest:
     seed : int
         Every random choice (shuffles, PCA sample, forests) follows it.
     options : dict
-        Trainer-specific settings (Spark: ``master``, ``conf``).
+        Trainer-specific settings (Spark: ``master``, ``conf``; sklearn ``sgd``: ``batch_size``,
+        ``shuffle_buffer``, ``epochs``).
+    overwrite : bool
+        Replace an existing model folder of that name (refused otherwise).
     """
 
     output: str
@@ -66,6 +69,7 @@ class TrainRequest:
     pca: int | None = None
     seed: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    overwrite: bool = False
 
     @property
     def model_dir(self) -> str:
