@@ -313,7 +313,7 @@ def no_val(digits_dir, tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.parametrize("model", ["linear_svm", "sgd"])
 def test_empty_val_selects_by_cross_validation(no_val, model):
-    report = SklearnTrainer().train(TrainRequest(str(no_val), ["hog"], model, model))
+    report = SklearnTrainer().train(TrainRequest(str(no_val), ["hog"], model, model, standardize=True))
     assert report["val"] is None
     selection = report["selection"]
     assert selection["metric"] == "3-fold cross-validation accuracy on train"
