@@ -14,10 +14,12 @@ feature fingerprint differs from the one the model was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -175,6 +177,44 @@ def write_json(path: str, document: dict[str, Any]) -> None:
         json.dump(document, handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(tmp, path)
+
+
+def refuse_existing_model_dir(model_dir: str, overwrite: bool) -> None:
+    """Raise :class:`UserError` when ``model_dir`` exists and ``overwrite`` is off."""
+    if os.path.exists(model_dir) and not overwrite:
+        raise UserError(f"model folder {model_dir} already exists: choose another --name or "
+                        f"pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def staged_model_dir(model_dir: str, overwrite: bool) -> Iterator[str]:
+    """A fresh folder beside ``model_dir`` to train into, renamed to ``model_dir`` when the
+    block succeeds: a folder under ``models/`` is always complete, and a failed or interrupted
+    training leaves the previous model as it was.
+
+    Yields
+    ------
+    str
+        The staging folder (``models/.NAME.tmp-PID``: a temporary by the contract's naming).
+    """
+    refuse_existing_model_dir(model_dir, overwrite)
+    parent, name = os.path.split(model_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        yield staging
+        refuse_existing_model_dir(model_dir, overwrite)  # another training may have finished meanwhile
+        if os.path.exists(model_dir):
+            retired = f"{staging}.old"
+            os.rename(model_dir, retired)
+            os.rename(staging, model_dir)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_model_info(model_dir: str) -> dict[str, Any]:
