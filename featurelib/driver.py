@@ -60,9 +60,10 @@ def existing_run_fingerprint(root: str) -> str | None:
     return None
 
 
-def _clear_layout(root: str) -> None:
-    """Delete featurelib's own entries under `root` (never anything else)."""
-    for name in layout.LAYOUT_ENTRIES:
+def _clear_layout(root: str, *, training: bool = False) -> None:
+    """Delete featurelib's own entries under `root` (never anything else); with `training`, also
+    the models and predictions trained on the run being replaced."""
+    for name in layout.LAYOUT_ENTRIES + (layout.TRAINING_ENTRIES if training else ()):
         path = os.path.join(root, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -98,7 +99,8 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
         raise UserError(f"output {root!r} exists and is not a folder")
     found = existing_run_fingerprint(root) if os.path.isdir(root) else None
     if os.path.isdir(root) and found is None:
-        foreign = sorted(n for n in os.listdir(root) if n not in layout.LAYOUT_ENTRIES)
+        ours = layout.LAYOUT_ENTRIES + layout.TRAINING_ENTRIES
+        foreign = sorted(n for n in os.listdir(root) if n not in ours)
         if foreign:
             raise UserError(f"output folder {root!r} is not empty and holds no featurelib run "
                             f"(found {foreign[:3]}); choose an empty or new folder")
@@ -115,7 +117,7 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
     except OSError as exc:
         raise UserError(f"output {root!r} is not writable: {exc.strerror or exc}") from None
     if not resume or found != wanted:
-        _clear_layout(root)
+        _clear_layout(root, training=found is not None and found != wanted)
         return set()
     # Resume: no stale commit point, scratch or temporaries; keep the complete shards of
     # this run and its fitted artefacts (a resumed run never refits).

@@ -117,12 +117,20 @@ def test_failed_shard_leaves_nothing_partial_and_resume_completes(subset_dir, sp
 def test_overwrite_replaces_a_different_run_and_refuses_foreign_folders(subset_dir, spec_file, tmp_path):
     out = tmp_path / "o"
     run_spec(spec_file(output={"shards": 2}), subset_dir, out)
+    # what featurize train/predict add: kept when the same run is rewritten (same features) ...
+    (out / "models" / "logreg-x").mkdir(parents=True)
+    (out / "predictions").mkdir()
+    (out / "predictions" / "logreg-x.parquet").write_bytes(b"p")
+    run_spec(spec_file(output={"shards": 2}), subset_dir, out)
+    assert (out / "models" / "logreg-x").is_dir() and (out / "predictions" / "logreg-x.parquet").exists()
     other = spec_file(output={"shards": 3})
     with pytest.raises(UserError, match="pass --overwrite"):
         run_spec(other, subset_dir, out)
     manifest = run_spec(other, subset_dir, out, overwrite=True)
     assert sorted(p.name for p in (out / "parquet").iterdir()) == [f"part-0000{i}-of-00003.parquet" for i in range(3)]
     assert manifest["n_shards"] == 3
+    # ... and deleted with the run --overwrite replaces (trained on features that are gone)
+    assert not (out / "models").exists() and not (out / "predictions").exists()
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")

@@ -22,8 +22,12 @@ WORK = "_work"
 SHARD_FILES = {"parquet": ("parquet", "parquet"), "hdf5": ("hdf5", "h5"), "stats": ("stats", "json"),
                "rejects": ("rejects", "parquet")}
 
-#: Every entry of an output that is featurelib's (``--overwrite`` deletes only these).
+#: Every entry of an output that a run writes (a rerun or ``--overwrite`` deletes only these).
 LAYOUT_ENTRIES = (MANIFEST, FAILED, "parquet", "hdf5", "rejects", "stats", STATS, ARTIFACTS, WORK)
+#: What ``featurize train`` / ``predict`` add to an output: featurelib's too (a folder holding them
+#: is not foreign), kept when the same run is rewritten (its features are the same), deleted by
+#: ``--overwrite`` replacing another run (models trained on features that no longer exist).
+TRAINING_ENTRIES = ("models", "predictions")
 
 
 def shard_kinds(formats) -> tuple[str, ...]:
