@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import time
 import warnings
 import zlib
@@ -485,7 +484,7 @@ class SklearnTrainer(base.Trainer):
         _check_name(request.name)
         if "://" in request.output:
             raise UserError(f"the sklearn trainer writes its model folder locally; {request.output!r} is a URL")
-        _refuse_existing(request)
+        base.refuse_existing_model_dir(request.model_dir, request.overwrite)
         dataset = open_dataset(request.output)
         _check_request(request, dataset)
         label_names = list(dataset.label_names)
@@ -538,12 +537,6 @@ class SklearnTrainer(base.Trainer):
 
 # --- files ----------------------------------------------------------------------------------------------
 
-def _refuse_existing(request: TrainRequest) -> None:
-    if os.path.exists(request.model_dir) and not request.overwrite:
-        raise UserError(f"model folder {request.model_dir} already exists: choose another --name or "
-                        f"pass --overwrite to replace it")
-
-
 def model_info(report: dict[str, Any]) -> dict[str, Any]:
     """``model.json`` from a train report: what predict needs to check and apply the model."""
     return {
@@ -558,17 +551,12 @@ def model_info(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save(request: TrainRequest, report: dict[str, Any], model, pca) -> None:
-    """Write the model folder beside its final place, then rename it there: a folder under
-    ``models/`` is always complete. ``model.json`` goes last inside it."""
+    """Write the model folder beside its final place, then rename it there
+    (:func:`base.staged_model_dir`): a folder under ``models/`` is always complete.
+    ``model.json`` goes last inside it."""
     import joblib
 
-    final = request.model_dir
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{request.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    try:
+    with base.staged_model_dir(request.model_dir, request.overwrite) as staging:
         joblib.dump(model, os.path.join(staging, MODEL_FILE))
         if pca is not None:
             base.save_pca(staging, *pca)
@@ -578,16 +566,6 @@ def _save(request: TrainRequest, report: dict[str, Any], model, pca) -> None:
                                  os.path.join(staging, base.CONFUSION_PNG),
                                  title=f"{report['name']}: {shown} ({report[shown]['rows']} rows)")
         base.write_json(os.path.join(staging, base.MODEL_INFO), model_info(report))
-        _refuse_existing(request)  # another training may have finished meanwhile
-        if os.path.exists(final):
-            retired = f"{staging}.old"
-            os.rename(final, retired)
-            os.rename(staging, final)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _prediction_schema():
