@@ -90,6 +90,27 @@ def test_the_model_folder_and_its_best_checkpoint(trained):
     assert val_loss == pytest.approx(report["best_val_loss"], rel=1e-3)
 
 
+def test_featurize_predict_applies_the_cnn(trained, capsys):
+    import pyarrow.parquet as pq
+
+    from featurelib.cli import main as featurize
+
+    out, done, _, _ = trained
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert featurize(["predict", str(out), "--model", str(out / "models" / "cnn-pixels")]) == 0
+    table = pq.read_table(out / "predictions" / "cnn-pixels.parquet").to_pandas()
+    dataset = open_dataset(out)
+    assert len(table) == dataset.counts["written_rows"] and list(table["key"]) == sorted(table["key"])
+    report = json.loads((out / "models" / "cnn-pixels" / "report.json").read_text())
+    test = table[(table["split"] == "test") & (table["aug_index"] == 0)]
+    assert (test["label"] == test["true_label"]).mean() == pytest.approx(report["test"]["accuracy"])
+    assert np.allclose([sum(p) for p in test["probabilities"]], 1.0, atol=1e-4)
+    # training goes through the job: featurize train says so
+    capsys.readouterr()
+    assert featurize(["train", str(out), "--features", "hog", "--model", "lenet", "--trainer", "keras-cnn"]) == 2
+    assert "learns from pixels, not feature columns: train it with python jobs/train_cnn.py" in capsys.readouterr().err
+
+
 def test_user_mistakes_exit_2_with_one_line(trained, digits_dir, tmp_path, capsys):
     from conftest import copy_digits, write_spec
     from featurelib.cli import main as featurize

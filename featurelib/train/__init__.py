@@ -12,7 +12,9 @@ from featurelib.errors import UserError
 #: Entry-point group of trainers (value ``module:Class``, extras name the pip extra).
 ENTRY_POINT_GROUP = "featurelib.trainers"
 #: Trainers that ship with the core install.
-BUILTIN = {"sklearn": "featurelib.train.sklearn_trainer:SklearnTrainer"}
+BUILTIN = {"sklearn": "featurelib.train.sklearn_trainer:SklearnTrainer",
+           # predicts with models of jobs/train_cnn.py (which trains them)
+           "keras-cnn": "featurelib.train.cnn:CnnTrainer"}
 DEFAULT = "sklearn"
 
 

@@ -305,7 +305,7 @@ def _write_model_folder(model_dir: str, dataset, settings: CnnSettings, report: 
     """``model.json``, ``report.json``, ``curves.png`` and ``confusion.png`` next to ``model.keras``."""
     info = {
         "model_info_version": base.MODEL_INFO_VERSION, "trainer": TRAINER, "model": MODEL,
-        "columns": ["pixels"], "feature_fingerprint": dataset.feature_fingerprint,
+        "name": report["name"], "columns": ["pixels"], "feature_fingerprint": dataset.feature_fingerprint,
         "label_names": list(dataset.label_names), "image_size": list(dataset.image_size),
         "input": "uint8 (N, H, W, 3) RGB pixels as stored; the network rescales, augments (training "
                  "only) and standardises them itself",
@@ -320,3 +320,50 @@ def _write_model_folder(model_dir: str, dataset, settings: CnnSettings, report: 
         base.write_confusion_png(report["test"]["confusion"], dataset.label_names,
                                  os.path.join(model_dir, base.CONFUSION_PNG),
                                  title=f"{report['name']} on test: accuracy {report['test']['accuracy']:.4f}")
+
+
+class CnnTrainer(base.Trainer):
+    """``featurize predict`` for a model of ``jobs/train_cnn.py`` (``trainer: keras-cnn`` in its
+    ``model.json``). Training goes through the job (or :func:`train_cnn`): it learns from pixels,
+    not from feature columns, so ``featurize train`` refuses it with that advice."""
+
+    name = TRAINER
+    models = (MODEL,)
+
+    def train(self, request: base.TrainRequest) -> dict[str, Any]:
+        raise UserError(f"the {TRAINER} model learns from pixels, not feature columns: train it with "
+                        f"python jobs/train_cnn.py {request.output}")
+
+    def predict(self, model_dir: str, output: str) -> str:
+        """Predict every row of ``output`` (all splits, unlabelled too) from its stored pixels; write
+        ``output/predictions/NAME.parquet`` (the sklearn trainer's columns) and return its path.
+
+        Raises
+        ------
+        UserError
+            Not a CNN model, an output without pixels, or another feature fingerprint (the
+            decode and resize policy the network was trained on).
+        """
+        from featurelib.io.dataset import open_dataset
+        from featurelib.train.sklearn_trainer import write_predictions
+
+        info = base.read_model_info(model_dir)
+        if info.get("trainer") != TRAINER:
+            raise UserError(f"{model_dir} was trained by the {info.get('trainer')!r} trainer, not {TRAINER!r}")
+        dataset = open_dataset(output)
+        base.check_compatible({**info, "columns": []}, dataset)
+        if dataset.image_size is None:
+            raise UserError(f"{output} holds no pixels (output.pixels: false): the CNN reads images")
+        _load_tensorflow(False)
+        import keras
+
+        model = keras.models.load_model(os.path.join(model_dir, MODEL_FILE))
+        names = list(info["label_names"])
+        to_model = np.array([names.index(n) if n in names else -1 for n in dataset.label_names] + [-1], np.int32)
+        parts = []
+        for batch in dataset.batches([], split=None, include_unlabelled=True, pixels=True, batch_size=256):
+            probabilities = np.asarray(model.predict_on_batch(batch.pixels), np.float32)
+            parts.append((batch, to_model[batch.y], probabilities.argmax(axis=1).astype(np.int32), probabilities))
+        path = os.path.join(output, base.PREDICTIONS_DIR, f"{info['name']}.parquet")
+        write_predictions(path, parts, names, info)
+        return path

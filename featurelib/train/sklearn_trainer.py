@@ -531,7 +531,7 @@ class SklearnTrainer(base.Trainer):
             label = np.asarray(model.predict(X), np.int32)
             parts.append((batch, to_model[batch.y], label, full_probabilities(model, X, len(names))))
         path = os.path.join(output, base.PREDICTIONS_DIR, f"{info['name']}.parquet")
-        _write_predictions(path, parts, names, info)
+        write_predictions(path, parts, names, info)
         return path
 
 
@@ -576,8 +576,20 @@ def _prediction_schema():
                       ("label_name", pa.string()), ("probabilities", pa.list_(pa.float32()))])
 
 
-def _write_predictions(path: str, parts, label_names: list[str], info: dict[str, Any]) -> None:
-    """Rows of ``parts`` (batch, true label, predicted label, probabilities or None), sorted by key."""
+def write_predictions(path: str, parts, label_names: list[str], info: dict[str, Any]) -> None:
+    """Write ``predictions/NAME.parquet``: the rows of ``parts``, sorted by key (temporary file, rename).
+
+    Parameters
+    ----------
+    path : str
+    parts : list of tuple
+        ``(batch: Arrays, true label (B,) int32 in the model's label order (-1 unlabelled),
+        predicted label (B,) int32, probabilities (B, C) or None)``.
+    label_names : list of str, length C
+        The model's.
+    info : dict
+        ``model.json`` (its ``name`` and ``feature_fingerprint`` go into the file's metadata).
+    """
     import json
 
     import pyarrow as pa
