@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.11 + Java 17):
-#   make demo   set up .venv, build the digits sample, run the pipeline, print a summary
+#   make demo   set up .venv, build the digits sample, run the pipeline, print a summary, train a classifier
 #   make test   set up .venv, run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/featurize run --engine spark --spec deploy/specs/demo.yaml --output out/demo/spark --overwrite \
 		--conf spark.ui.enabled=false
 	$(BIN)/featurize compare out/demo/local out/demo/beam out/demo/spark
+	$(BIN)/featurize train out/demo/local --features hog --model logreg --standardize --overwrite
 	@echo "outputs under out/demo/ (read one with: $(BIN)/featurize inspect out/demo/local)"
 
 test: install

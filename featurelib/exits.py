@@ -15,6 +15,8 @@ from collections.abc import Callable
 from featurelib.errors import PolicyError, UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: stdout closed by its reader (``featurize inspect OUT | head``): 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 141
 
 
 def with_exit_codes(action: Callable[[], int | None]) -> int:
@@ -31,6 +33,14 @@ def with_exit_codes(action: Callable[[], int | None]) -> int:
     except PolicyError as exc:
         print(f"featurize: failed by policy: {exc}", file=sys.stderr)
         return EXIT_POLICY
+    except BrokenPipeError:
+        # The reader of stdout went away: nothing left to tell it. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise the same error again at exit.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("featurize: interrupted; run again with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
