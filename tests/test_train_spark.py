@@ -277,3 +277,19 @@ def test_a_mistake_through_spark_submit_exits_2_with_one_message(trained):
     assert len(lines) == 1 and lines[0].startswith("featurize: error: the spark trainer fits logreg"), lines
     assert "Traceback" not in done.stdout + done.stderr
     assert not (out / "models" / "knn-hog").exists()
+
+
+def test_the_job_predict_mode_writes_the_predictions_file(trained, three_digits, capsys):
+    """``jobs/train_classifier.py --predict OUT_NEW --model-dir DIR`` in this process (the shared session)."""
+    from jobs.train_classifier import main
+
+    out, _ = trained
+    assert main(["--predict", str(three_digits), "--model-dir", str(out / "models" / "logreg-hog")]) == 0
+    path = three_digits / "predictions" / "logreg-hog.parquet"
+    assert capsys.readouterr().out.strip() == f"wrote {pq.read_metadata(path).num_rows} predictions to {path}"
+    table = pq.read_table(path)
+    truth, label = (table.column(c).to_numpy() for c in ("true_label", "label"))
+    assert set(truth) <= {0, 1, 2} and (truth == label).mean() >= 0.95  # the model's indices of '0', '1', '2'
+
+    assert main(["--predict", str(three_digits)]) == 2
+    assert capsys.readouterr().err.strip() == "featurize: error: --predict OUT_NEW takes --model-dir DIR"
