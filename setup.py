@@ -51,7 +51,7 @@ setup(
         ],
         "featurelib.trainers": [
             "sklearn = featurelib.train.sklearn_trainer:SklearnTrainer",
-            "spark = featurelib.train.spark_trainer:SparkTrainer [spark]",
+            "spark = jobs.spark_trainer:SparkTrainer [spark]",
         ],
     },
 )

@@ -179,7 +179,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from featurelib.train import trainer_class
-    from featurelib.train.base import TrainRequest, default_name, format_report
+    from featurelib.train.base import MODELS, TrainRequest, default_name, format_report
 
     columns = [name.strip() for name in args.features.split(",") if name.strip()]
     if not columns:
@@ -190,8 +190,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.conf:
         options["conf"] = dict(_key_value(item) for item in args.conf)
     trainer = trainer_class(args.trainer)()
-    if args.model not in trainer.models:
+    if args.model not in trainer.models and args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; the {trainer.name} trainer fits: {', '.join(trainer.models)}")
+    # A model of another trainer: the trainer refuses it itself, saying which trainer fits it.
     request = TrainRequest(output=args.output, columns=columns, model=args.model,
                            name=args.name or default_name(args.model, columns), standardize=args.standardize,
                            pca=args.pca, seed=args.seed, options=options, overwrite=args.overwrite)

@@ -4,7 +4,7 @@
         [--name NAME] [--standardize] [--pca N] [--seed N] [--overwrite] [--grid JSON] [--parallelism N]
     spark-submit jobs/train_classifier.py --predict OUT_NEW --model-dir OUT/models/NAME
 
-The trainer of ``featurize train --trainer spark`` (:mod:`featurelib.train.spark_trainer`)
+The trainer of ``featurize train --trainer spark`` (:mod:`jobs.spark_trainer`)
 with the session spark-submit provides: the same model folder, report and
 predictions file, the same exit codes (2 and one ``featurize: error:`` line for
 a user's mistake, found before any Spark application starts). ``--grid``
@@ -69,7 +69,7 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> None:
     from featurelib.train.base import TrainRequest, default_name, format_report
-    from featurelib.train.spark_trainer import SparkTrainer
+    from jobs.spark_trainer import SparkTrainer
 
     if not args.output or not args.features or not args.model:
         raise UserError("training needs OUT, --features and --model (or --predict OUT_NEW --model-dir DIR)")
@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
-    from featurelib.train.spark_trainer import SparkTrainer
+    from jobs.spark_trainer import SparkTrainer
 
     given = [flag for flag, value in (("OUT", args.output), ("--features", args.features), ("--model", args.model))
              if value]

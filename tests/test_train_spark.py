@@ -25,7 +25,7 @@ from featurelib.errors import UserError
 from featurelib.io.dataset import open_dataset
 from featurelib.train import base, trainer_class
 from featurelib.train.base import TrainRequest
-from featurelib.train.spark_trainer import GRIDS, SPARK_DIR, SparkTrainer
+from jobs.spark_trainer import GRIDS, SPARK_DIR, SparkTrainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "train_classifier.py"

@@ -233,6 +233,35 @@ def read_model_info(model_dir: str) -> dict[str, Any]:
         return json.load(handle)
 
 
+def open_for_prediction(trainer: str, model_dir: str, output: str, *, columns: bool = True):
+    """``(model.json, dataset)`` for ``predict``: the model is ``trainer``'s, the output is
+    committed and has the model's feature fingerprint (and, with ``columns``, its columns).
+
+    Raises
+    ------
+    UserError
+        Not a saved model of that trainer, not an output, or incompatible features.
+    """
+    from featurelib.io.dataset import open_dataset
+
+    info = read_model_info(model_dir)
+    if info.get("trainer") != trainer:
+        raise UserError(f"{model_dir} was trained by the {info.get('trainer')!r} trainer, not {trainer!r}")
+    dataset = open_dataset(output)
+    check_compatible(info if columns else {**info, "columns": []}, dataset)
+    return info, dataset
+
+
+def to_model_labels(model_names: Sequence[str], output_names: Sequence[str]) -> np.ndarray:
+    """Index table from an output's label indices to the model's, by name: ``(C_out + 1,)`` int32.
+
+    Index it with an output's ``y``: a name the model does not know maps to -1, and ``y == -1``
+    (unlabelled) picks the trailing -1.
+    """
+    model_names = list(model_names)
+    return np.array([model_names.index(n) if n in model_names else -1 for n in output_names] + [-1], np.int32)
+
+
 def check_compatible(info: dict[str, Any], dataset) -> None:
     """Refuse features the model was not trained on.
 

@@ -344,14 +344,9 @@ class CnnTrainer(base.Trainer):
             Not a CNN model, an output without pixels, or another feature fingerprint (the
             decode and resize policy the network was trained on).
         """
-        from featurelib.io.dataset import open_dataset
         from featurelib.train.sklearn_trainer import write_predictions
 
-        info = base.read_model_info(model_dir)
-        if info.get("trainer") != TRAINER:
-            raise UserError(f"{model_dir} was trained by the {info.get('trainer')!r} trainer, not {TRAINER!r}")
-        dataset = open_dataset(output)
-        base.check_compatible({**info, "columns": []}, dataset)
+        info, dataset = base.open_for_prediction(TRAINER, model_dir, output, columns=False)
         if dataset.image_size is None:
             raise UserError(f"{output} holds no pixels (output.pixels: false): the CNN reads images")
         _load_tensorflow(False)
@@ -359,7 +354,7 @@ class CnnTrainer(base.Trainer):
 
         model = keras.models.load_model(os.path.join(model_dir, MODEL_FILE))
         names = list(info["label_names"])
-        to_model = np.array([names.index(n) if n in names else -1 for n in dataset.label_names] + [-1], np.int32)
+        to_model = base.to_model_labels(names, dataset.label_names)
         parts = []
         for batch in dataset.batches([], split=None, include_unlabelled=True, pixels=True, batch_size=256):
             probabilities = np.asarray(model.predict_on_batch(batch.pixels), np.float32)

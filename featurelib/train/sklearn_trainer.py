@@ -513,17 +513,13 @@ class SklearnTrainer(base.Trainer):
         """
         import joblib
 
-        info = base.read_model_info(model_dir)
-        if info.get("trainer") != self.name:
-            raise UserError(f"{model_dir} was trained by the {info.get('trainer')!r} trainer, not {self.name!r}")
-        dataset = open_dataset(output)
-        base.check_compatible(info, dataset)
+        info, dataset = base.open_for_prediction(self.name, model_dir, output)
         model = joblib.load(os.path.join(model_dir, MODEL_FILE))
         pca = base.load_pca(model_dir)
         names = list(info["label_names"])
         # The output's label indices may follow another label list: compare by name.
         # The trailing -1 maps an unlabelled row (y == -1, the last index) to -1.
-        to_model = np.array([names.index(n) if n in names else -1 for n in dataset.label_names] + [-1], np.int32)
+        to_model = base.to_model_labels(names, dataset.label_names)
         parts = []
         rows = rows_within(sum(dataset.columns[c] for c in info["columns"]), PREDICT_BATCH, PREDICT_BATCH_BYTES)
         for batch in dataset.batches(info["columns"], split=None, include_unlabelled=True, batch_size=rows):

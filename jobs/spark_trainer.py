@@ -1,5 +1,9 @@
 """The ``spark`` trainer: Spark MLlib models, distributed over the Parquet shards.
 
+Spark glue like the Spark engine (:mod:`jobs.extract_features`): featurelib never imports
+pyspark or ``jobs``; the trainer is found through the ``featurelib.trainers`` entry point
+(``spark = jobs.spark_trainer:SparkTrainer [spark]``).
+
     featurize train out/digits --features hog --model logreg --trainer spark [--master URL] [--conf k=v]
     spark-submit jobs/train_classifier.py out/digits --features hog --model logreg
 
@@ -486,11 +490,7 @@ class SparkTrainer(base.Trainer):
         from pyspark.ml import PipelineModel
         from pyspark.ml.functions import vector_to_array
 
-        info = base.read_model_info(model_dir)
-        if info.get("trainer") != self.name:
-            raise UserError(f"{model_dir} was trained by the {info.get('trainer')!r} trainer, not {self.name!r}")
-        dataset = open_dataset(output)
-        base.check_compatible(info, dataset)
+        info, dataset = base.open_for_prediction(self.name, model_dir, output)
         names = list(info["label_names"])
         pca = base.load_pca(model_dir) if info.get("pca") else None
         spark, built = self._session(self._options)
@@ -513,17 +513,10 @@ class SparkTrainer(base.Trainer):
         probabilities = (list_column_numpy(table.column("probability"), len(names))
                          if "probability" in table.column_names else None)
         path = os.path.join(output, base.PREDICTIONS_DIR, f"{info['name']}.parquet")
-        write_predictions(path, [(batch, to_model_labels(y, dataset.label_names, names),
+        write_predictions(path, [(batch, base.to_model_labels(names, dataset.label_names)[np.asarray(y, np.int64)],
                                   table.column("predicted").to_numpy().astype(np.int32), probabilities)],
                           names, info)
         return path
-
-
-def to_model_labels(y: np.ndarray, output_names: Sequence[str], model_names: Sequence[str]) -> np.ndarray:
-    """Label indices of an output -> the model's label order, by name; -1 for unlabelled rows and
-    for names the model does not know. ``(N,)`` int32 -> ``(N,)`` int32."""
-    table = np.array([model_names.index(n) if n in model_names else -1 for n in output_names] + [-1], np.int32)
-    return table[np.asarray(y, np.int64)]  # y == -1 takes the trailing -1
 
 
 def _save(request: TrainRequest, report: dict[str, Any], pipeline, pca) -> None:
