@@ -103,10 +103,6 @@ def write_weights_and_spec(base: str) -> str:
 def bare_keras(weights_spec: str, images: np.ndarray):
     """A callable timing bare Keras over `images`: ``(wall, cpu)`` of the faster of ``predict`` and
     ``predict_on_batch`` (model built and warmed up once)."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-    tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
     import keras
     import yaml
 
@@ -167,6 +163,10 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {sorted(CONFIGS)}")
 
+    import tensorflow as tf  # its pools are fixed at first use (the weights file is written with Keras)
+
+    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+    tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
     n = args.images
     with tempfile.TemporaryDirectory(prefix="featurelib-bench-vgg16-") as base:
         small, large = corpus(base, n)
