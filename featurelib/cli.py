@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from featurelib.errors import UserError
-from featurelib.exits import EXIT_ERROR, EXIT_OK, EXIT_USER, with_exit_codes
+from featurelib.exits import EXIT_ERROR, EXIT_OK, EXIT_USER, RESUME_HINT, with_exit_codes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
                 "preview": lambda: _preview(args), "train": lambda: _train(args),
                 "predict": lambda: _predict(args)}
-    return with_exit_codes(commands[args.command])
+    hints = {"run": RESUME_HINT, "train": "nothing was saved (a model folder appears only when training completes)",
+             "predict": "no predictions file was written"}
+    return with_exit_codes(commands[args.command], interrupted=hints.get(args.command, "stopped before the end"))
 
 
 if __name__ == "__main__":

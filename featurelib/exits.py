@@ -19,11 +19,15 @@ EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 141
 
 
-def with_exit_codes(action: Callable[[], int | None]) -> int:
+RESUME_HINT = "run again with --resume to continue"
+
+
+def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESUME_HINT) -> int:
     """Run `action`, turning featurelib's errors into the contract's exit codes and one message.
 
     A user's mistake or a policy failure is one line; anything else (a bug, a
     broken extractor, a failed task) prints its traceback, then one line.
+    `interrupted` follows ``featurize: interrupted;`` on Ctrl-C (what the user can do next).
     """
     try:
         return action() or EXIT_OK
@@ -42,7 +46,7 @@ def with_exit_codes(action: Callable[[], int | None]) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("featurize: interrupted; run again with --resume to continue", file=sys.stderr)
+        print(f"featurize: interrupted; {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

@@ -400,3 +400,22 @@ def test_help_lists_train_and_predict(capsys):
     for flag in ("--features", "--model", "--trainer", "--name", "--standardize", "--pca", "--seed", "--overwrite",
                  "--master", "--conf"):
         assert flag in text
+
+
+def test_ctrl_c_during_training_saves_nothing_and_says_so(digits):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    featurize = pathlib.Path(sys.executable).parent / "featurize"
+    process = subprocess.Popen([str(featurize), "train", str(digits), "--features", "hog,lbp", "--model",
+                                "random_forest", "--name", "interrupted"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    staging = digits / "models"
+    time.sleep(2.5)  # importing or fitting the grid (200-tree forests, three depths): seconds from the end
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "featurize: interrupted; nothing was saved (a model folder appears only when training completes)" in err
+    assert not [p.name for p in (staging.iterdir() if staging.exists() else []) if "interrupted" in p.name]
