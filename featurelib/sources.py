@@ -203,6 +203,14 @@ def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[
         raise UserError(f"input manifest {path!r} does not exist") from None
     except Exception as exc:  # a malformed manifest is the user's mistake
         raise UserError(f"cannot read input manifest {path!r}: {exc}") from None
+    # pandas' DataFrame.to_parquet stores a non-default index as columns of its own
+    # (``__index_level_0__``, or the index's name listed in the pandas metadata): not inputs.
+    pandas_index = set()
+    if path.lower().endswith(".parquet") and table.schema.pandas_metadata:
+        pandas_index = {c for c in table.schema.pandas_metadata.get("index_columns", []) if isinstance(c, str)}
+    pandas_index |= {c for c in table.column_names if c.startswith("__index_level_") and c.endswith("__")}
+    if pandas_index:
+        table = table.drop_columns(sorted(pandas_index & set(table.column_names)))
     if "uri" not in table.column_names:
         raise UserError(f"input manifest {path!r} has no 'uri' column (columns: {table.column_names})")
     unknown = sorted(set(table.column_names) - {"uri", "label", "split", "id"})
@@ -285,7 +293,10 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None) -> by
         with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
             return handle.read()
     except FileNotFoundError:
-        raise RecordError("missing", "the file disappeared after listing") from None
+        # Folder inputs were there when listed; manifest rows are not probed at listing (a stat per
+        # row of a million-row manifest on an object store): say what is known.
+        raise RecordError("missing", "not found when read (a manifest row naming no file, or a file "
+                                     "deleted since listing)") from None
     except IsADirectoryError:
         raise RecordError("read_error", "is a directory") from None
     except OSError as exc:

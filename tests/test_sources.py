@@ -147,3 +147,22 @@ def test_fsspec_uris_list_and_read_through_fsspec(digits_dir, tmp_path):
     result = process_shard(task)  # in-process: the memory file system lives here
     assert result.metrics["written_sources"] == 12 and result.metrics["rejected"] == 0
     fs.rm("/bucket/digits", recursive=True)
+
+
+def test_a_pandas_written_parquet_manifest_keeps_its_index_out_of_the_inputs(tmp_path):
+    import pandas as pd
+
+    make_tree(tmp_path, {"img/1.jpg": b"1", "img/2.jpg": b"2", "img/3.jpg": b"3"})
+    frame = pd.DataFrame({"uri": [str(tmp_path / f"img/{i}.jpg") for i in (1, 2, 3)], "label": ["a", "b", "a"]})
+    frame[frame.label == "a"].to_parquet(tmp_path / "filtered.parquet")          # __index_level_0__
+    frame.set_index(pd.Index([7, 8, 9], name="row")).to_parquet(tmp_path / "named.parquet")  # column 'row'
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "filtered.parquet").names
+    for name, count in (("filtered.parquet", 2), ("named.parquet", 3)):
+        records = list_inputs(str(tmp_path / name)).records
+        assert len(records) == count and all(r.reject is None for r in records), name
+
+
+def test_a_manifest_row_naming_no_file_is_missing_not_found(tmp_path):
+    with pytest.raises(RecordError) as error:
+        read_bytes(str(tmp_path / "never-existed.jpg"))
+    assert error.value.reason == "missing" and error.value.detail.startswith("not found when read")
