@@ -448,3 +448,21 @@ def test_lbp_var_leaves_variances_below_the_range_out(grays):
     kept = variance[np.isfinite(variance) & (variance >= 2000)]
     expected = np.bincount(np.minimum(((kept - 2000) * 4 / 2000).astype(int), 3), minlength=4) / kept.size
     np.testing.assert_allclose(lbp(gray, method="var", bins=4, range=(2000, 4000)), expected, atol=1e-7)
+
+
+def test_every_extractor_takes_the_kernels_read_only_stacks_with_default_params(real_images):
+    """The kernel hands each column one read-only stack shared by all columns (featurelib.compute): every
+    extractor must accept it at its default parameters (haralick at 256 levels once failed here only)."""
+    photo = cv2.resize(real_images[sorted(real_images)[0]], (64, 48), interpolation=cv2.INTER_AREA)
+    stacks = {"rgb": np.stack([photo, photo[::-1].copy()]),
+              "gray": np.stack([cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)] * 2)}
+    for stack in stacks.values():
+        stack.flags.writeable = False
+    for name in registry.names(exclude_tags={"deep"}):
+        definition = registry.get(name)
+        if definition.artifact is not None or name in ("always_fails", "needs_missing_module", "runs_out_of_memory",
+                                                       "fragile_mean", "edge_density"):
+            continue
+        params = definition.normalize_params({})
+        out = definition.build(params).extract_batch(stacks[definition.view])
+        assert out.shape == (2, definition.output_dim(params, (48, 64))), name

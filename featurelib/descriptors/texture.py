@@ -65,7 +65,12 @@ def haralick(gray: np.ndarray, *, distances=(1,), angles=(0, 45, 90, 135), level
     from skimage.feature import graycomatrix, graycoprops
 
     check_gray_uint8(gray)
-    matrix = graycomatrix(quantize(gray, levels), list(distances), [np.deg2rad(a) for a in angles],
+    # scikit-image's Cython loop takes a writable buffer only, and the kernel hands every column a
+    # read-only view (shared by all columns): at 256 levels quantize() returns that view unchanged.
+    quantized = quantize(gray, levels)
+    if not quantized.flags.writeable:
+        quantized = quantized.copy()
+    matrix = graycomatrix(quantized, list(distances), [np.deg2rad(a) for a in angles],
                           levels=levels, symmetric=symmetric, normed=True)
     return np.stack([graycoprops(matrix, p) for p in properties]).reshape(-1).astype(np.float32)
 
