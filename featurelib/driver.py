@@ -151,7 +151,9 @@ def reused_result(spec: RunSpec, task: ShardTask) -> ShardResult:
         if kind == "hdf5":
             import h5py
 
+            from featurelib.io.hdf5 import check_self_contained
             with h5py.File(path, "r") as h5:
+                check_self_contained(h5, rel)
                 rows = int(h5[H5_FEATURES].shape[0])
         elif kind == "stats":
             rows = 0

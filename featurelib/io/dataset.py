@@ -25,7 +25,9 @@ carries the manifest's feature fingerprint (Parquet schema metadata, HDF5
 attribute), so shards of two runs never mix; the virtual datasets of
 ``features.h5`` read only listed shard files. ``verify="none"`` skips all of
 this at opening, but a shard's fingerprint is still checked whenever it is
-read.
+read. Every HDF5 file is refused, whenever it is opened and before any of its
+data is read, if it points at other files (external storage, external links,
+virtual datasets other than those of ``features.h5`` over its shard files).
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ def open_dataset(root: str | os.PathLike, *, verify: str = "size", storage_optio
         No ``_manifest.json`` under ``root`` (not an output, or a run that did not complete).
     SchemaError
         A listed file is missing, has another size or hash, a shard carries another
-        feature fingerprint than the manifest, or ``features.h5`` reads unlisted files.
+        feature fingerprint than the manifest, ``features.h5`` reads unlisted files, or
+        an HDF5 file points at other files.
     """
     if verify not in VERIFY:
         raise UserError(f"verify must be one of {', '.join(VERIFY)}; got {verify!r}")
@@ -330,7 +333,7 @@ class FeatureDataset:
         listed = {f["path"] for f in self._files["hdf5"]}
         for info in (f for f in self.manifest["files"] if f["kind"] == "hdf5_index"):
             folder = posixpath.dirname(info["path"])
-            with self._open_h5(info["path"]) as h5:  # listing sources is safe through a file object
+            with self._open_h5(info["path"], index=True) as h5:  # listing sources is safe through a file object
                 sources = {posixpath.normpath(posixpath.join(folder, vs.file_name))
                            for name in h5 if h5[name].is_virtual for vs in h5[name].virtual_sources()}
             unknown = sorted(sources - listed)
@@ -382,15 +385,20 @@ class FeatureDataset:
     # --- reading ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _open_h5(self, rel: str):
-        """An HDF5 file of the output, local or through a Python file object (then closed too)."""
+    def _open_h5(self, rel: str, *, index: bool = False):
+        """An HDF5 file of the output, local or through a Python file object (then closed too),
+        refused if it points at other files (``index``: ``features.h5``, which reads shard files)."""
         import h5py
 
-        if self._local:
-            with h5py.File(self._path(rel), "r") as h5:
-                yield h5
-            return
-        with self._fs.open(self._path(rel), "rb") as handle, h5py.File(handle, "r") as h5:
+        from featurelib.io.hdf5 import check_self_contained, is_shard_name
+
+        with contextlib.ExitStack() as stack:
+            if self._local:
+                h5 = stack.enter_context(h5py.File(self._path(rel), "r"))
+            else:
+                handle = stack.enter_context(self._fs.open(self._path(rel), "rb"))
+                h5 = stack.enter_context(h5py.File(handle, "r"))
+            check_self_contained(h5, rel, sources=is_shard_name if index else None)
             yield h5
 
     @contextlib.contextmanager

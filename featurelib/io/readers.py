@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from featurelib import contract as c
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
+from featurelib.io.hdf5 import check_self_contained
 
 
 def load_manifest(root: str) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def read_shard_keys(path: str) -> dict[str, list]:
     import h5py
 
     with h5py.File(path, "r") as shard:
+        check_self_contained(shard, path)
         keys = list(shard[c.H5_KEYS].asstr()[:])
         aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
     sources = [c.source_of(k, a) for k, a in zip(keys, aug)]
@@ -106,16 +108,24 @@ def read_hdf5(root: str) -> dict[str, Any]:
     """The same as :func:`read_parquet`, from ``hdf5/features.h5`` (features as one (N, D) matrix).
 
     Every shard the virtual datasets point at is checked to exist first: HDF5
-    would silently return fill values for a missing one.
+    would silently return fill values for a missing one. No file is read that
+    points at other files (:func:`featurelib.io.hdf5.check_self_contained`):
+    ``features.h5`` may read the listed shard files only, and they nothing else.
     """
     import h5py
 
     manifest = load_manifest(root)
+    shards = set()
     for info in _listed(manifest, "hdf5"):
-        if not os.path.exists(os.path.join(root, info["path"])):
+        path = os.path.join(root, info["path"])
+        if not os.path.exists(path):
             raise SchemaError(f"HDF5 shard {info['path']} listed in the manifest is missing")
+        with h5py.File(path, "r") as shard:
+            check_self_contained(shard, info["path"])
+        shards.add(os.path.basename(info["path"]))
     # Open by path, never through a Python file object (h5py crashes reading VDS that way).
     with h5py.File(os.path.join(root, layout.FEATURES_H5), "r") as h5:
+        check_self_contained(h5, layout.FEATURES_H5, sources=shards.__contains__)
         fingerprint = h5.attrs[c.H5_ATTR_FEATURE_FP]
         if fingerprint != manifest["feature_fingerprint"]:
             raise SchemaError("features.h5 does not match the manifest's feature_fingerprint")
