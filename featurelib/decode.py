@@ -37,7 +37,9 @@ Policy
      Pillow is never asked to open them, so EPS never reaches Ghostscript),
      and sample layouts the policy has no 8-bit rule for: JPEG with a
      precision other than 8 bits, hierarchical JPEG, TIFF with float, signed,
-     32-bit or other non-8/16-bit samples.
+     32-bit or other non-8/16-bit samples, 16-bit RGB(A) TIFF with separate
+     planes (OpenCV's reader returns wrong pixels for them, partly from
+     unwritten memory).
    - ``too_large``: width * height **read from the header** exceeds
      ``max_pixels`` (or a decoder's own hard limit: OpenCV's
      ``OPENCV_IO_MAX_IMAGE_PIXELS``/``_WIDTH``/``_HEIGHT``, default 2**30
@@ -59,7 +61,9 @@ Policy
      RIFF size are ignored.
    - ``corrupt``: recognised, but decoding failed otherwise: bad header values,
      a PNG chunk whose CRC does not match (every chunk is checked, ancillary
-     ones included), a missing frame/scan/IDAT, OpenCV returning nothing, any
+     ones included), a JPEG-compressed TIFF strip/tile holding a JPEG frame
+     smaller than itself (libtiff would leave the rest unwritten: pixels from
+     stale memory), a missing frame/scan/IDAT, OpenCV returning nothing, any
      exception or **any Python warning** from Pillow.  Limitation: damage
      inside JPEG entropy-coded data that libjpeg recovers from (it only warns
      on stderr, and OpenCV does not report it), including a scan that runs
@@ -911,6 +915,65 @@ def _pillow_error(exc: BaseException, fmt: str) -> DecodeError:
 
 # BitsPerSample, Photometric, SamplesPerPixel, SampleFormat; Strip/Tile offsets and byte counts.
 _TIFF_LAYOUT_TAGS = frozenset({258, 262, 277, 339, 273, 279, 324, 325})
+# ImageWidth/Length, Compression, Photometric, RowsPerStrip, PlanarConfiguration, TileWidth/Length,
+# YCbCrSubSampling: what sizes each strip/tile (read leniently: a malformed one skips the check).
+_TIFF_SEGMENT_TAGS = frozenset({256, 257, 259, 262, 278, 284, 322, 323, 530})
+
+
+def _jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the first SOFn of a JPEG stream, or ``None`` (no SOFn before a scan)."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    pos = 2  # after SOI
+    while pos + 9 <= len(stream) and stream[pos] == 0xFF:
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            height, width = struct.unpack_from(">HH", stream, pos + 5)
+            return width, height
+        elif marker == 0xDA:
+            return None
+        else:
+            pos += 2 + ((stream[pos + 2] << 8) | stream[pos + 3])
+    return None
+
+
+def _check_tiff_jpeg_frames(data: bytes, layout: dict[int, tuple[int, ...]]) -> None:
+    """A JPEG-compressed TIFF (Compression 7) whose strip or tile holds a smaller JPEG frame is ``corrupt``.
+
+    libtiff only warns about such a frame and leaves the rest of the strip's
+    buffer unwritten, so the pixels would be whatever that memory held, and
+    differ from one decode to the next.  Each strip/tile (per plane, with
+    separate planes) is sized as libtiff sizes it for this comparison.
+    """
+    tags = _tiff_ifd0(data, _TIFF_SEGMENT_TAGS)
+    if tags.get(259, (1,))[0] != 7:
+        return
+    width, height = tags.get(256, (0,))[0], tags.get(257, (0,))[0]
+    tiled = 322 in tags or 323 in tags
+    if tiled:
+        seg_w, rows = tags.get(322, (width,))[0], tags.get(323, (height,))[0]
+        offsets, counts = layout.get(324) or layout.get(273, ()), layout.get(325) or layout.get(279, ())
+        per_plane = -(-width // max(seg_w, 1)) * -(-height // max(rows, 1))
+    else:
+        seg_w, rows = width, min(tags.get(278, (height,))[0], height)
+        offsets, counts = layout.get(273, ()), layout.get(279, ())
+        per_plane = -(-height // max(rows, 1))
+    per_plane = max(per_plane, 1)
+    separate = tags.get(284, (1,))[0] == 2
+    sampling = tags.get(530, (2, 2)) if tags.get(262, (-1,))[0] == 6 else (1, 1)
+    sub_w, sub_h = (max(v, 1) for v in sampling) if len(sampling) == 2 else (2, 2)
+    for i, (offset, count) in enumerate(zip(offsets, counts)):
+        want_w, want_h = seg_w, rows if tiled else min(rows, height - (i % per_plane) * rows)
+        if separate and i >= per_plane:  # a chroma plane: subsampled (YCbCr)
+            want_w, want_h = -(-want_w // sub_w), -(-want_h // sub_h)
+        frame = _jpeg_frame_size(data[offset : offset + count])
+        if frame is not None and (frame[0] < want_w or frame[1] < want_h):
+            raise DecodeError(
+                "corrupt", f"JPEG-compressed TIFF: strip/tile {i} holds a {frame[0]}x{frame[1]} JPEG frame, "
+                f"smaller than the strip/tile ({want_w}x{want_h})"
+            )
 
 
 def _tiff_route(data: bytes) -> str:
@@ -931,6 +994,7 @@ def _tiff_route(data: bytes) -> str:
                 raise DecodeError(
                     "truncated", f"a TIFF strip/tile ends at byte {offset + count}, beyond the data ({len(data)} bytes)"
                 )
+    _check_tiff_jpeg_frames(data, tags)
     bits = tags.get(258, (1,))
     photometric = tags.get(262, (-1,))[0]
     samples = tags.get(277, (1,))[0]
@@ -944,6 +1008,10 @@ def _tiff_route(data: bytes) -> str:
         if samples == 1:
             return "pillow"
         if photometric == 2 and samples in (3, 4):
+            if _tiff_ifd0(data, frozenset({284})).get(284, (1,))[0] == 2:
+                # OpenCV 4.14 mis-decodes separate planes, leaving rows of unwritten memory in its output.
+                detail = "16-bit RGB(A) TIFF with separate planes (PlanarConfiguration 2)"
+                raise DecodeError("unsupported_format", detail)
             return "opencv"
     raise DecodeError(
         "unsupported_format", f"TIFF with {bits}-bit samples, {samples} per pixel, photometric {photometric}"
