@@ -8,8 +8,8 @@
     featurize predict out/new --model out/digits/models/logreg-hog
 
 Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
-arguments, input, output); 3 failed by policy (error budget); 130 interrupted;
-1 anything else.
+arguments, input, output); 3 failed by policy (error budget); 130 interrupted
+(143 SIGTERM, 129 SIGHUP); 1 anything else.
 """
 
 from __future__ import annotations

@@ -11,21 +11,26 @@ way on every engine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from featurelib import worker
-from featurelib.commit import commit, remove_work, write_failed
-from featurelib.errors import PolicyError, UserError
+from featurelib.commit import Ledger, commit, remove_work, write_failed
+from featurelib.errors import PolicyError, Terminated, UserError
+from featurelib.exits import received_signal
 from featurelib.io import files as layout
+from featurelib.io.lock import acquire as acquire_lock
 from featurelib.passes import apply_dedup, check_saved_artifacts, hash_shard, prepare_artifacts
 from featurelib.plan import ShardTask, plan, resolve_paths
 from featurelib.shard import ShardResult, process_shard
@@ -78,14 +83,17 @@ def _remove_temporaries(root: str) -> None:
                 os.remove(os.path.join(directory, name))
 
 
-def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overwrite: bool) -> set[int]:
-    """Make the output ready; return the shards a resumed run can reuse.
+def check_output(spec: RunSpec, *, overwrite: bool) -> str | None:
+    """Refuse an output this run may not use, make sure it exists and is writable; return the run found there.
 
     Rules (docs/CONTRACT.md): an output holding a run with another run fingerprint is
-    refused unless ``overwrite``; ``resume`` keeps the complete shards of the
-    same run; otherwise the same run is rewritten from scratch (deterministic
-    names: a rerun overwrites, never duplicates). Only featurelib's own entries
-    are ever deleted; a folder holding anything else is refused.
+    refused unless ``overwrite``; a folder holding anything but featurelib's own
+    entries is refused. Changes nothing but creating the folder.
+
+    Returns
+    -------
+    str or None
+        The spec part of the run fingerprint of the output found (None: none).
 
     Raises
     ------
@@ -99,8 +107,8 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
         raise UserError(f"output {root!r} exists and is not a folder")
     found = existing_run_fingerprint(root) if os.path.isdir(root) else None
     if os.path.isdir(root) and found is None:
-        ours = layout.LAYOUT_ENTRIES + layout.TRAINING_ENTRIES
-        foreign = sorted(n for n in os.listdir(root) if n not in ours)
+        ours = (*layout.LAYOUT_ENTRIES, *layout.TRAINING_ENTRIES, layout.LOCK)
+        foreign = sorted(n for n in os.listdir(root) if n not in ours and layout.TMP_MARK not in n)
         if foreign:
             raise UserError(f"output folder {root!r} is not empty and holds no featurelib run "
                             f"(found {foreign[:3]}); choose an empty or new folder")
@@ -116,6 +124,25 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
         os.remove(probe)
     except OSError as exc:
         raise UserError(f"output {root!r} is not writable: {exc.strerror or exc}") from None
+    return found
+
+
+def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overwrite: bool) -> set[int]:
+    """Make the output ready (:func:`check_output` first); return the shards a resumed run can reuse.
+
+    ``resume`` keeps the complete shards of the same run; otherwise the same run
+    is rewritten from scratch (deterministic names: a rerun overwrites, never
+    duplicates). Only featurelib's own entries are ever deleted. The caller holds
+    the output's lock (:mod:`featurelib.io.lock`).
+
+    Raises
+    ------
+    UserError
+        Refused output, or an output that cannot be written.
+    """
+    root = spec.output.path
+    found = check_output(spec, overwrite=overwrite)
+    wanted = spec.run_fingerprint()
     if not resume or found != wanted:
         _clear_layout(root, training=found is not None and found != wanted)
         return set()
@@ -199,7 +226,19 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     spec = resolve_paths(spec)
     check_saved_artifacts(spec)
     tasks = plan(spec)
+    warn_unused_labels(spec, tasks, log)
+    check_output(spec, overwrite=overwrite)
+    lock = acquire_lock(spec.output.path, log=log)  # before anything in the output changes
+    try:
+        return _execute_locked(spec, tasks, engine, resume=resume, overwrite=overwrite, log=log, started=started)
+    finally:
+        lock.release()
+
+
+def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bool, overwrite: bool,
+                    log: Callable[[str], None], started: float) -> RunReport:
     keep = prepare_output(spec, tasks, resume=resume, overwrite=overwrite)
+    check_list_stage_budget(spec, tasks)
     listed = sum(len(t.records) for t in tasks)
     log(f"featurize: {listed} inputs in {len(tasks)} shards on engine {engine.name}"
         + (f"; resuming, {len(keep)} shards already complete" if keep else ""))
@@ -226,12 +265,60 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     except (PolicyError, UserError):
         raise
     except BaseException as exc:
-        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
-        write_failed(spec.output.path, spec, f"{type(exc).__name__}: {exc}", kind=kind, artifacts=artifacts)
+        # The engine has stopped its tasks by now (engines stop them before re-raising): what they
+        # left half-written goes; complete shards stay for --resume.
+        signum = exc.signum if isinstance(exc, Terminated) else received_signal()
+        interrupted = isinstance(exc, KeyboardInterrupt) or signum is not None
+        error = (f"interrupted by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT)
+                 else "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}")
+        write_failed(spec.output.path, spec, error, kind="interrupted" if interrupted else "error",
+                     artifacts=artifacts)
+        with contextlib.suppress(OSError):
+            _remove_temporaries(spec.output.path)
         raise
     finally:
         remove_work(spec.output.path)
     return RunReport(manifest, time.time() - started)
+
+
+def warn_unused_labels(spec: RunSpec, tasks: Sequence[ShardTask], log: Callable[[str], None]) -> None:
+    """One line naming the spec's ``labels`` that no listed input carries (a typo, or a missing folder)."""
+    if not spec.labels:
+        return
+    seen = {r.label_name for t in tasks for r in t.records}
+    unused = [name for name in spec.labels if name not in seen]
+    if unused:
+        log(f"featurize: warning: {len(unused)} of the spec's labels match no input (no folder or manifest "
+            f"label of that name): {', '.join(map(repr, unused[:10]))}{', ...' if len(unused) > 10 else ''}")
+
+
+def check_list_stage_budget(spec: RunSpec, tasks: Sequence[ShardTask]) -> None:
+    """Fail by policy before any image is read when list-stage rejects alone exceed the error budget.
+
+    Labels outside the spec's ``labels`` and manifest rows the spec cannot take
+    are known once the inputs are listed: a run they doom fails now, not after
+    decoding everything. ``_FAILED.json`` holds the counts and top reasons.
+
+    Raises
+    ------
+    PolicyError
+        If ``list-stage rejects / listed > failures.max_reject_fraction``.
+    """
+    rejected = [(r.source_key, *r.reject) for t in tasks for r in t.records if r.reject is not None]
+    listed = sum(len(t.records) for t in tasks)
+    budget = spec.failures.max_reject_fraction
+    if not listed or len(rejected) / listed <= budget:
+        return
+    by_reason = Counter(reason for _, reason, _ in rejected)
+    examples = {}
+    for key, reason, detail in rejected:
+        examples.setdefault(reason, f"{key!r}: {detail}")
+    top = "; ".join(f"{reason} {n} (e.g. {examples[reason]})" for reason, n in by_reason.most_common(3))
+    error = (f"{len(rejected)} of {listed} inputs rejected when listed, before any image was read "
+             f"({len(rejected) / listed:.1%}), over failures.max_reject_fraction = {budget}; top reasons: {top}")
+    ledger = Ledger(listed, 0, 0, len(rejected), dict(sorted(by_reason.items())))
+    write_failed(spec.output.path, spec, error, kind="policy", ledger=ledger)
+    raise PolicyError(error)
 
 
 def format_summary(manifest: dict[str, Any], root: str, seconds: float | None = None) -> str:
@@ -256,4 +343,4 @@ def format_summary(manifest: dict[str, Any], root: str, seconds: float | None = 
     return "\n".join(lines)
 
 
-__all__ = ["execute", "prepare_output", "format_summary", "RunReport"]
+__all__ = ["execute", "check_output", "prepare_output", "format_summary", "RunReport"]

@@ -52,6 +52,21 @@ class PolicyError(FeaturelibError):
     """The run failed by policy (error budget exceeded): exit code 3."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal other than Ctrl-C (SIGTERM, SIGHUP).
+
+    A :class:`KeyboardInterrupt`, so every clean-up that handles Ctrl-C (stop the
+    workers, write ``_FAILED.json`` of kind ``interrupted``, save nothing half-done)
+    handles it too; the exit code is ``128 + signum`` (143 for SIGTERM), as a shell reports it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class RecordError(FeaturelibError):
     """One input failed; it becomes a reject row, never a crash.
 

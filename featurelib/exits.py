@@ -3,16 +3,20 @@
 Shared by ``featurize``, ``python -m pipelines.extract_features`` and the Spark
 job, so every entry point answers the same mistake with the same code and message:
 0 done; 2 the user's mistake (spec, arguments, input, output); 3 failed by
-policy (error budget); 130 interrupted (Ctrl-C); 1 anything else.
+policy (error budget); 130 interrupted (Ctrl-C); 143 stopped by SIGTERM (129 by
+SIGHUP); 1 anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from featurelib.errors import PolicyError, UserError
+from featurelib.errors import PolicyError, Terminated, UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: stdout closed by its reader (``featurize inspect OUT | head``): 128 + SIGPIPE, as a shell reports it.
@@ -21,16 +25,66 @@ EXIT_BROKEN_PIPE = 141
 
 RESUME_HINT = "run again with --resume to continue"
 
+#: Signals that stop a run the way Ctrl-C does (clean-up, ``_FAILED.json``, exit 128 + signum).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+_RECEIVED: list[int] = []
+
+
+def received_signal() -> int | None:
+    """The first stop signal (SIGINT, SIGTERM, SIGHUP) received inside :func:`stop_signals_raise`, if any.
+
+    Engines may wrap the exception a signal raised (Beam turns it into a pipeline
+    error): the driver and the exit code ask this rather than the exception's type.
+    """
+    return _RECEIVED[0] if _RECEIVED else None
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`~featurelib.errors.Terminated` in the main thread.
+
+    Python's default for SIGTERM is to die on the spot: no ``finally`` runs, so the
+    workers, temporaries and the output's lock would be left behind. Raising
+    lets the same clean-up as Ctrl-C run. SIGINT raises KeyboardInterrupt as
+    usual; every one of them is recorded (:func:`received_signal`). Outside the main thread (a library
+    caller's worker thread) signals cannot be handled, and nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _RECEIVED.clear()
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, *STOP_SIGNALS)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _interrupted(signum: int, hint: str) -> int:
+    name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    print(f"featurize: interrupted{name}; {hint}", file=sys.stderr)
+    return 128 + signum
+
 
 def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESUME_HINT) -> int:
     """Run `action`, turning featurelib's errors into the contract's exit codes and one message.
 
     A user's mistake or a policy failure is one line; anything else (a bug, a
     broken extractor, a failed task) prints its traceback, then one line.
-    `interrupted` follows ``featurize: interrupted;`` on Ctrl-C (what the user can do next).
+    `interrupted` follows ``featurize: interrupted;`` on Ctrl-C, SIGTERM or SIGHUP (what the user
+    can do next); the exit code is then 128 + the signal's number (130, 143, 129).
     """
     try:
-        return action() or EXIT_OK
+        with stop_signals_raise():
+            return action() or EXIT_OK
     except UserError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
         return EXIT_USER
@@ -45,10 +99,11 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:
-        print(f"featurize: interrupted; {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc.signum if isinstance(exc, Terminated) else signal.SIGINT, interrupted)
     except Exception as exc:
+        if received_signal() is not None:  # an engine wrapped the interrupt into its own error
+            return _interrupted(received_signal(), interrupted)
         traceback.print_exc(file=sys.stderr)
         print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -12,6 +12,7 @@ and the driver commits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -79,7 +80,14 @@ class SparkEngine(Engine):
             return []
         context = self._session(getattr(function, "settings", None)).sparkContext
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
-        return context.parallelize(list(items), len(items)).map(function).collect()
+        try:
+            return context.parallelize(list(items), len(items)).map(function).collect()
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failed task: stop the tasks still running (Spark kills their
+            # Python workers), so nothing writes into the output after the driver gives up.
+            with contextlib.suppress(Exception):
+                context.cancelAllJobs()
+            raise
 
     def close(self) -> None:
         """Stop the session this engine started (never one it was given)."""

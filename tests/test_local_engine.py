@@ -150,6 +150,48 @@ def test_error_budget_fails_by_policy(mixed_dir, spec_file, tmp_path):
     assert not (tmp_path / "o" / "_manifest.json").exists()
 
 
+class NoEngine:
+    """An engine that must never be asked to run anything."""
+
+    name = "none"
+
+    def map(self, function, items, *, work_dir):
+        raise AssertionError(f"the engine was asked to run {len(items)} tasks")
+
+
+def test_list_stage_rejects_over_the_budget_fail_before_any_image_is_read(subset_dir, spec_file, tmp_path):
+    # Two labels kept of ten: about 80% of the digits are invalid_label as soon as they are listed.
+    spec = RunSpec.from_yaml(str(spec_file(labels=["0", "1"], failures={"max_reject_fraction": 0.5}))
+                             ).with_overrides(input=str(subset_dir), output=str(tmp_path / "o"))
+    with pytest.raises(PolicyError) as caught:
+        execute(spec, NoEngine(), log=lambda m: None)
+    message = str(caught.value)
+    assert "inputs rejected when listed, before any image was read" in message
+    assert "over failures.max_reject_fraction = 0.5; top reasons: invalid_label " in message
+    assert "label '2' is not in the spec's labels" in message or "is not in the spec's labels" in message
+    failed = json.loads((tmp_path / "o" / "_FAILED.json").read_text())
+    assert failed["kind"] == "policy" and failed["counts"]["written_rows"] == 0
+    assert failed["counts"]["rejected"] == failed["top_reasons"]["invalid_label"] > 0.75 * len(
+        list(subset_dir.rglob("*.png")))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["_FAILED.json"]  # no lock, no shard, no scratch
+
+
+def test_labels_matching_no_input_are_one_warning_line(subset_dir, spec_file, tmp_path):
+    small = tmp_path / "in"
+    for folder in sorted(subset_dir.iterdir()):  # two digits of each class
+        (small / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.png"))[:2]:
+            shutil.copyfile(path, small / folder.name / path.name)
+    spec = RunSpec.from_yaml(str(spec_file(labels=[str(d) for d in range(10)] + ["cat", "dgo"],
+                                           failures={"max_reject_fraction": 0.0}))
+                             ).with_overrides(input=str(small), output=str(tmp_path / "o"))
+    logged: list[str] = []
+    execute(spec, LocalEngine(1), log=logged.append)
+    warnings = [m for m in logged if "warning" in m]
+    assert warnings == ["featurize: warning: 2 of the spec's labels match no input (no folder or manifest label "
+                        "of that name): 'cat', 'dgo'"]
+
+
 def test_dedup_and_split_by_content(subset_dir, spec_file, tmp_path):
     root = tmp_path / "dups"
     shutil.copytree(subset_dir, root)

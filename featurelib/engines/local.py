@@ -9,17 +9,67 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from featurelib.engines.base import Engine
 from featurelib.errors import UserError
+from featurelib.processes import process_alive
 
 
 #: Imported once by the fork server, so every worker forked from it starts with them
 #: (a worker that imported them itself would pay about 0.3 s of CPU per pool).
 PRELOAD = ["featurelib.shard", "featurelib.passes"]
+
+#: How often a worker checks that its driver is still alive (seconds).
+DRIVER_CHECK_S = 0.5
+
+#: How long the driver waits for a terminated worker before it kills it (seconds).
+STOP_GRACE_S = 5.0
+
+
+def _watch_driver(driver_pid: int) -> None:
+    while True:
+        time.sleep(DRIVER_CHECK_S)
+        if not process_alive(driver_pid):
+            # The driver is gone (killed, crashed): nobody will commit this work, and writing on
+            # into its output would race a rerun. Stop now; temporaries are removed by the next run.
+            os._exit(1)
+
+
+def _start_worker(driver_pid: int) -> None:
+    """Initializer of every pool worker.
+
+    Ctrl-C reaches the whole process group; the driver alone decides what happens
+    (it terminates the workers), so workers ignore SIGINT rather than each
+    raising in the middle of a shard. A thread stops the worker if the driver dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_driver, args=(driver_pid,), name="featurelib-driver-watch",
+                     daemon=True).start()
+
+
+def stop_workers(pool: concurrent.futures.ProcessPoolExecutor, grace_s: float = STOP_GRACE_S) -> None:
+    """Terminate `pool`'s worker processes now, killing any still alive after `grace_s`, and shut it down.
+
+    ``shutdown`` alone waits for running tasks to finish (minutes for a big shard,
+    writing all along); on failure or interrupt the driver wants them gone.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalEngine(Engine):
@@ -55,25 +105,33 @@ class LocalEngine(Engine):
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str | None = None) -> list[Any]:
         """``[function(item) for item in items]`` in worker processes, in order.
 
-        The first failure cancels what has not started and propagates; a dead
-        worker raises ``BrokenProcessPool`` rather than hanging.
+        The first failure cancels what has not started, lets running tasks
+        finish (their shards serve ``--resume``) and propagates; Ctrl-C or
+        SIGTERM (:class:`featurelib.errors.Terminated`) terminates every worker
+        at once. A dead worker raises ``BrokenProcessPool`` rather than
+        hanging; a worker whose driver dies stops on its own.
         """
         if not items:
             return []
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)  # ignored once the server runs: it has them
         results: list[Any] = [None] * len(items)
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(self.workers, len(items)),
-                                                    mp_context=context) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=context,
+                                                      initializer=_start_worker, initargs=(os.getpid(),))
+        try:
             futures = {pool.submit(function, item): index for index, item in enumerate(items)}
-            try:
-                for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-                    results[futures[future]] = future.result()
-                    print(f"featurize: {done}/{len(items)} tasks done", file=sys.stderr, end="\r")
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            finally:
-                print(file=sys.stderr)
+            for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                results[futures[future]] = future.result()
+                print(f"featurize: {done}/{len(items)} tasks done", file=sys.stderr, end="\r")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: stop now
+            stop_workers(pool)
+            raise
+        except BaseException:
+            # A failed task: the tasks already running finish (their shards are kept for --resume),
+            # the others never start.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            print(file=sys.stderr)
+        pool.shutdown(wait=True)
         return results

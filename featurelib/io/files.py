@@ -16,6 +16,8 @@ TMP_MARK = ".tmp-"
 STATS = "stats.json"
 ARTIFACTS = "artifacts"
 WORK = "_work"
+#: One run at a time per output (:mod:`featurelib.io.lock`); never deleted by another run's clean-up.
+LOCK = "_LOCK"
 
 #: (kind, folder, extension) of every per-shard file, in the order a task renames them.
 #: The rejects file goes last: its presence under its final name means the shard is complete.

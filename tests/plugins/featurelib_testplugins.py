@@ -8,6 +8,8 @@
   retry image by image so only the flat image is rejected.
 * ``always_fails``, ``needs_missing_module``, ``runs_out_of_memory``: broken
   extractors, which must fail the run (exit 1), not reject every record.
+* ``sleepy``: the mean gray level, after sleeping ``seconds`` per image (default 0): a run
+  slow enough to be interrupted, killed or raced, on purpose and on time.
 * the augmentation op ``fail_on_flat``: raises on flat images (``transform_failed``).
 
 Every ``load`` appends ``pid column`` to the file named by ``FEATURELIB_TEST_LOAD_LOG``
@@ -96,6 +98,25 @@ for _name, _function in (("always_fails", _always_fails), ("needs_missing_module
     registry.register(registry.ExtractorDef(
         name=_name, version=1, defaults={}, check=registry.no_params, dim=lambda params, size: 1,
         handler=registry.per_image(_function)))
+
+
+def _check_sleepy(params, report):
+    seconds = params["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 5:
+        report(f"seconds must be a number in [0, 5], got {seconds!r}")
+    return params
+
+
+def _sleepy(image, *, seconds):
+    import time
+
+    time.sleep(seconds)
+    return np.array([image.mean()], np.float32)
+
+
+registry.register(registry.ExtractorDef(
+    name="sleepy", version=1, defaults={"seconds": 0}, check=_check_sleepy, dim=lambda params, size: 1,
+    handler=registry.per_image(_sleepy), view="gray"))
 
 
 def _fail_on_flat(image, rng, *, p):
