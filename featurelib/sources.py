@@ -185,22 +185,49 @@ def list_folder(root: str, *, storage_options: Mapping[str, Any] | None = None,
     return _assign(items, labels=labels, seed=seed, fractions=fractions, by_content=by_content)
 
 
-def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _manifest_bytes(path: str, storage_options: Mapping[str, Any]) -> Any:
+    """The whole manifest file, in a ``pyarrow.Buffer`` Arrow allocated (no Python object behind it).
+
+    Arrow must never be handed a Python file object (or a buffer over Python ``bytes``):
+    its reader wraps it in a C++ object whose last reference may be dropped by one of
+    Arrow's pool threads after ``read_table`` / ``read_csv`` have returned (the dataset
+    scanner disposes its fragments in a completion callback). That destructor takes the
+    GIL; when the main thread is already finalising the interpreter (a bad manifest
+    raises UserError and the process exits at once), CPython ends the thread with
+    ``pthread_exit`` inside a noexcept C++ destructor and the process aborts with
+    "terminate called without an active exception" (exit 134) after the error line.
+    Reading the bytes here, on this thread, and copying them into Arrow's own memory
+    leaves Arrow's threads nothing Python to release, for local and fsspec paths alike.
+    """
     import fsspec
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     try:
         with fsspec.open(path, "rb", **storage_options) as handle:
-            if path.lower().endswith(".parquet"):
-                table = pq.read_table(handle)
-            else:
-                # Every column as a string: ids such as "007" must keep their zeros.
-                table = pacsv.read_csv(handle, convert_options=pacsv.ConvertOptions(
-                    column_types={c: "string" for c in ("uri", "label", "split", "id")},
-                    strings_can_be_null=True))
+            data = handle.read()
     except FileNotFoundError:
         raise UserError(f"input manifest {path!r} does not exist") from None
+    except Exception as exc:  # a folder, a permission, a store refusing credentials: the user's to fix
+        raise UserError(f"cannot read input manifest {path!r}: {exc}") from None
+    buffer = pa.allocate_buffer(len(data))
+    pa.FixedSizeBufferWriter(buffer).write(data)
+    return buffer
+
+
+def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    buffer = _manifest_bytes(path, storage_options)
+    try:
+        if path.lower().endswith(".parquet"):
+            table = pq.read_table(pa.BufferReader(buffer))
+        else:
+            # Every column as a string: ids such as "007" must keep their zeros.
+            table = pacsv.read_csv(pa.BufferReader(buffer), convert_options=pacsv.ConvertOptions(
+                column_types={c: "string" for c in ("uri", "label", "split", "id")},
+                strings_can_be_null=True))
     except Exception as exc:  # a malformed manifest is the user's mistake
         raise UserError(f"cannot read input manifest {path!r}: {exc}") from None
     # pandas' DataFrame.to_parquet stores a non-default index as columns of its own
