@@ -189,7 +189,7 @@ __all__ = [
 ]
 
 #: Bump whenever decoded pixels (or which inputs are rejected) could change.
-DECODE_POLICY_VERSION: int = 2
+DECODE_POLICY_VERSION: int = 3  # 3: JPEG-in-TIFF frames smaller than their strip, and planar 16-bit RGB TIFF, are rejected
 #: Formats that decode; anything else recognised is ``unsupported_format``.
 ALLOWED_FORMATS: tuple[str, ...] = ("jpeg", "png", "bmp", "gif", "tiff", "webp")
 #: The ``mode`` of a ``target``: :func:`featurelib.transforms.resize_image`'s modes.

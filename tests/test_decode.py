@@ -739,7 +739,7 @@ def test_bad_arguments_are_caller_errors():
 
 
 def test_constants():
-    assert DECODE_POLICY_VERSION == 2
+    assert DECODE_POLICY_VERSION == 3
     assert DEFAULT_MAX_PIXELS == 89_478_485
     assert ALLOWED_FORMATS == ("jpeg", "png", "bmp", "gif", "tiff", "webp")
 
