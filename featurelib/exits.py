@@ -10,6 +10,7 @@ SIGHUP); 1 anything else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -101,9 +102,21 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as exc:
         return _interrupted(exc.signum if isinstance(exc, Terminated) else signal.SIGINT, interrupted)
-    except Exception as exc:
-        if received_signal() is not None:  # an engine wrapped the interrupt into its own error
-            return _interrupted(received_signal(), interrupted)
-        traceback.print_exc(file=sys.stderr)
-        print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or received_signal() is not None:
+            return _failed(exc, interrupted)
+        # A full disk or quota is the machine's state, not a bug: no traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"featurize: failed: {exc.strerror or exc}{where}; free space first ({interrupted})", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:
+        return _failed(exc, interrupted)
+
+
+def _failed(exc: Exception, interrupted: str) -> int:
+    """Anything else: its traceback and one line (exit 1); an interrupt an engine wrapped: as an interrupt."""
+    if received_signal() is not None:  # an engine wrapped the interrupt into its own error
+        return _interrupted(received_signal(), interrupted)
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_ERROR

@@ -19,6 +19,7 @@ shows up as the bug it is, not as thousands of rejects).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -126,17 +127,28 @@ def close_decoder(decoder) -> None:
         close()
 
 
-def _maybe_inject_fault(task: ShardTask) -> None:
+def _maybe_inject_fault(task: ShardTask, point: str) -> None:
+    """Tests only (``FEATURELIB_FAULT_FILE``): fail this shard's first attempt at `point`.
+
+    The fault file names an output, a shard, a marker file (present = already fired)
+    and a ``kind``: ``error`` (a RuntimeError half-way through the records) or
+    ``disk_full`` (ENOSPC when the shard's files are being finished, its
+    temporaries half-written, as a full disk fails a real write).
+    """
     path = os.environ.get(FAULT_ENV)
     if not path or not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as handle:
         fault = json.load(handle)
-    if (fault.get("output") == task.output and fault.get("shard") == task.shard
-            and not os.path.exists(fault["marker"])):
-        with open(fault["marker"], "w") as handle:
-            handle.write(str(os.getpid()))
-        raise RuntimeError(f"injected fault in shard {task.shard} (first attempt)")
+    kind = fault.get("kind", "error")
+    if (fault.get("output") != task.output or fault.get("shard") != task.shard or os.path.exists(fault["marker"])
+            or point != {"error": "middle", "disk_full": "close"}[kind]):
+        return
+    with open(fault["marker"], "w") as handle:
+        handle.write(str(os.getpid()))
+    if kind == "disk_full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(task.output, "parquet"))
+    raise RuntimeError(f"injected fault in shard {task.shard} (first attempt)")
 
 
 # --- one source: read, decode, preprocess, augment ----------------------------------------------
@@ -312,11 +324,12 @@ def process_shard(task: ShardTask) -> ShardResult:
     try:
         for index, record in enumerate(records):
             if index == len(records) // 2:
-                _maybe_inject_fault(task)
+                _maybe_inject_fault(task, "middle")
             run.add(prepare(record, state, run.timings))
         run.flush()
         if not records:
-            _maybe_inject_fault(task)
+            _maybe_inject_fault(task, "middle")
+        _maybe_inject_fault(task, "close")
         t0 = time.perf_counter()
         infos = run.writer.close(stats=run.stats.dumps())
         run.timings["write_s"] += time.perf_counter() - t0

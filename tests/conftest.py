@@ -41,11 +41,12 @@ os.environ["FEATURELIB_TEST_DECODE_FAULT"] = "1"
 
 @pytest.fixture
 def arm_fault(tmp_path):
-    """arm_fault(output, shard): that shard's first attempt fails mid-shard; disarmed after the test."""
+    """arm_fault(output, shard, kind="error"): that shard's first attempt fails (``error``: mid-shard;
+    ``disk_full``: ENOSPC while its files are finished); disarmed after the test."""
     import json
 
-    def arm(output, shard):
-        FAULT_FILE.write_text(json.dumps({"output": str(output), "shard": shard,
+    def arm(output, shard, kind="error"):
+        FAULT_FILE.write_text(json.dumps({"output": str(output), "shard": shard, "kind": kind,
                                           "marker": str(tmp_path / f"fault-marker-{shard}")}))
     yield arm
     FAULT_FILE.unlink(missing_ok=True)
