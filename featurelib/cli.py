@@ -2,6 +2,7 @@
 
     featurize sample-data digits data/digits
     featurize run --spec spec.yaml --input data/digits --output out/digits [--engine local|beam|spark]
+    featurize run --spec spec.yaml --incremental          (add what is new since the last commit)
     featurize inspect out/digits
     featurize preview --spec spec.yaml --input data/photos --n 8 --out preview.png
     featurize train out/digits --features hog --model logreg [--trainer sklearn|spark]
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
     mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
+    mode.add_argument("--incremental", action="store_true",
+                      help="process only the inputs the committed output does not hold yet, as a new generation "
+                           "of shard files (same spec; artefacts, labels and shard count of the first run)")
+    run.add_argument("--prune", action="store_true",
+                     help="with --incremental: drop the rows of inputs no longer listed (not supported yet)")
 
     look = sub.add_parser("preview", help="write one PNG of sources next to their augmented variants",
                           description="Decode, preprocess and augment a seeded pick of sources exactly as a run "
@@ -111,7 +117,8 @@ def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
     spec.require_paths()
     engine = get_engine(args.engine, engine_argv)
     try:
-        report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
+        report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite, incremental=args.incremental,
+                         prune=args.prune)
     finally:
         engine.close()
     print(format_summary(report.manifest, spec.output.path, report.seconds))
@@ -139,6 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from featurelib.driver import format_summary
+    from featurelib.io import files as layout
     from featurelib.io.readers import load_manifest
 
     manifest = load_manifest(args.output)
@@ -146,6 +154,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return EXIT_OK
     print(format_summary(manifest, os.path.abspath(args.output)))
+    failed = os.path.join(args.output, layout.FAILED)
+    if os.path.exists(failed):
+        print(f"note             the last run failed (see {failed}); this manifest is still valid")
     print("schema")
     for field in manifest["schema"]:
         print(f"  {field['name']:<16}{field['type']}")
@@ -236,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
                 "preview": lambda: _preview(args), "train": lambda: _train(args),
                 "predict": lambda: _predict(args)}
-    hints = {"run": RESUME_HINT, "train": "nothing was saved (a model folder appears only when training completes)",
+    run_hint = RESUME_HINT
+    if args.command == "run" and args.incremental:
+        from featurelib.incremental import INCREMENTAL_HINT as run_hint
+    hints = {"run": run_hint, "train": "nothing was saved (a model folder appears only when training completes)",
              "predict": "no predictions file was written"}
     return with_exit_codes(commands[args.command], interrupted=hints.get(args.command, "stopped before the end"))
 

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from featurelib import worker
-from featurelib.commit import Ledger, commit, remove_work, write_failed
+from featurelib.commit import Ledger, commit, commit_generation, failed_generation, remove_work, write_failed
 from featurelib.errors import PolicyError, Terminated, UserError
 from featurelib.exits import received_signal
 from featurelib.io import files as layout
@@ -146,6 +146,7 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
     if not resume or found != wanted:
         _clear_layout(root, training=found is not None and found != wanted)
         return set()
+    _refuse_resume_of_generations(root)
     # Resume: no stale commit point, scratch or temporaries; keep the complete shards of
     # this run and its fitted artefacts (a resumed run never refits).
     for name in (layout.MANIFEST, layout.FAILED, layout.STATS):
@@ -165,6 +166,21 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
                 if f"{kind}/{name}" not in wanted_paths:
                     os.remove(os.path.join(folder, name))
     return keep
+
+
+def _refuse_resume_of_generations(root: str) -> None:
+    """``--resume`` completes a failed first run; an output with incremental generations (or a failed
+    incremental run next to its still valid manifest) continues with ``--incremental`` instead."""
+    documents = {}
+    for name in (layout.MANIFEST, layout.FAILED):
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(root, name), encoding="utf-8") as handle:
+                documents[name] = json.load(handle)
+    generations = len(documents.get(layout.MANIFEST, {}).get("generations") or [])
+    if generations > 1 or documents.get(layout.FAILED, {}).get("incremental"):
+        raise UserError(f"output {root!r} holds a committed run with incremental generations (or a failed "
+                        f"--incremental run): --resume continues a failed first run only; run again with "
+                        f"--incremental to add what is new, or without flags to rewrite the output from scratch")
 
 
 def reused_result(spec: RunSpec, task: ShardTask) -> ShardResult:
@@ -209,9 +225,12 @@ def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[
     return map_pass
 
 
-def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = False,
-            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunReport:
+def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = False, incremental: bool = False,
+            prune: bool = False, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunReport:
     """Run a spec end to end on `engine` (see :mod:`featurelib.engines`): passes, then commit.
+
+    With ``incremental``, only the inputs the committed output does not hold yet are
+    processed, as a new generation of shard files (:mod:`featurelib.incremental`).
 
     Raises
     ------
@@ -222,9 +241,12 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     Exception
         Anything else, after ``_FAILED.json`` is written.
     """
+    check_modes(resume=resume, overwrite=overwrite, incremental=incremental, prune=prune)
     started = time.time()
     spec = resolve_paths(spec)
     check_saved_artifacts(spec)
+    if incremental:
+        return _execute_incremental(spec, engine, log=log, started=started)
     tasks = plan(spec)
     warn_unused_labels(spec, tasks, log)
     check_output(spec, overwrite=overwrite)
@@ -235,6 +257,107 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
         lock.release()
 
 
+def check_modes(*, resume: bool, overwrite: bool, incremental: bool, prune: bool) -> None:
+    """Refuse combinations of run modes that make no sense (the command lines refuse them too).
+
+    Raises
+    ------
+    UserError
+    """
+    if incremental and (resume or overwrite):
+        raise UserError("--incremental cannot be combined with --resume or --overwrite")
+    if prune and not incremental:
+        raise UserError("--prune works with --incremental only")
+    if prune:
+        raise UserError("--prune is not supported yet: dropping the rows of deleted inputs would need the "
+                        "statistics of their shards recomputed from images that are gone; to drop them, rerun "
+                        "without --incremental")
+
+
+def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], started: float) -> RunReport:
+    from featurelib import incremental
+
+    incremental.committed_manifest(spec)  # refuse before taking the lock: no output, another spec
+    check_output(spec, overwrite=False)
+    lock = acquire_lock(spec.output.path, log=log)
+    try:
+        previous = incremental.committed_manifest(spec)  # what is committed now that the output is ours
+        root = spec.output.path
+        removed = incremental.remove_unlisted(root, previous)
+        remove_work(root)
+        _remove_temporaries(root)
+        if removed:
+            log(f"featurize: removed {len(removed)} file(s) of an incremental run that did not complete")
+        generation = incremental.plan_generation(spec, previous)
+        incremental.report_missing(generation.missing, log)
+        if not generation.new:
+            log(f"featurize: nothing new to add: all {generation.listed} listed inputs are in the output "
+                f"(generation {generation.generation - 1}); the output is unchanged")
+            return RunReport(previous, time.time() - started)
+        log(f"featurize: incremental generation {generation.generation}: {generation.new} new of "
+            f"{generation.listed} listed inputs in {previous['n_shards']} shards on engine {engine.name}")
+        extra = failed_generation(previous, generation.generation)
+        tasks = generation.tasks
+        check_list_stage_budget(spec, tasks, extra=extra)
+        map_pass = _start_passes(spec, engine, log)
+        artifacts: dict[str, str] | None = None
+        try:
+            if spec.dedup == "content":
+                hashes = map_pass(hash_shard, tasks, "dedup")
+                tasks, rest = incremental.mark_existing_duplicates(tasks, hashes, generation.existing)
+                tasks = apply_dedup(tasks, [rest])
+            incremental.check_artifacts(spec, previous)
+            refs = prepare_artifacts(spec, tasks, map_pass, reuse=True)
+            incremental.check_reused(refs, previous)
+            artifacts = {ref.column: ref.sha256 for ref in refs}
+            tasks = [dataclasses.replace(t, artifacts=refs) for t in tasks]
+            pending = sorted(tasks, key=lambda t: (-len(t.records), t.shard))
+            fresh = map_pass(process_shard, pending, "main")
+            manifest = commit_generation(tasks, sorted(fresh, key=lambda r: r.shard), previous, engine=engine.name,
+                                         metrics=_metrics(started, fresh, []),
+                                         missing_inputs=len(generation.missing))
+        except (PolicyError, UserError):
+            raise
+        except BaseException as exc:
+            _record_failure(spec, exc, artifacts, extra=extra)
+            raise
+        finally:
+            remove_work(root)
+        return RunReport(manifest, time.time() - started)
+    finally:
+        lock.release()
+
+
+def _start_passes(spec: RunSpec, engine, log: Callable[[str], None]):
+    settings = worker.WorkerSettings(threads=spec.execution.threads_per_worker)
+    worker.prepare_driver(settings)  # before any worker starts: pools inherit the environment
+    return _map_pass(engine, settings, spec.output.path, log)
+
+
+def _metrics(started: float, fresh: Sequence[ShardResult], reused: Sequence[ShardResult]) -> dict[str, Any]:
+    elapsed = time.time() - started
+    rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
+    return {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
+            "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None}
+
+
+def _record_failure(spec: RunSpec, exc: BaseException, artifacts: dict[str, str] | None, *,
+                    extra: dict[str, Any] | None = None) -> None:
+    """``_FAILED.json`` for a run that failed or was interrupted, and no temporaries left.
+
+    The engine has stopped its tasks by now (engines stop them before re-raising): what they
+    left half-written goes; complete shards stay for --resume (or, for an incremental run,
+    until the next one removes them)."""
+    signum = exc.signum if isinstance(exc, Terminated) else received_signal()
+    interrupted = isinstance(exc, KeyboardInterrupt) or signum is not None
+    error = (f"interrupted by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT)
+             else "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}")
+    write_failed(spec.output.path, spec, error, kind="interrupted" if interrupted else "error",
+                 artifacts=artifacts, extra=extra)
+    with contextlib.suppress(OSError):
+        _remove_temporaries(spec.output.path)
+
+
 def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bool, overwrite: bool,
                     log: Callable[[str], None], started: float) -> RunReport:
     keep = prepare_output(spec, tasks, resume=resume, overwrite=overwrite)
@@ -242,9 +365,7 @@ def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bo
     listed = sum(len(t.records) for t in tasks)
     log(f"featurize: {listed} inputs in {len(tasks)} shards on engine {engine.name}"
         + (f"; resuming, {len(keep)} shards already complete" if keep else ""))
-    settings = worker.WorkerSettings(threads=spec.execution.threads_per_worker)
-    worker.prepare_driver(settings)  # before any worker starts: pools inherit the environment
-    map_pass = _map_pass(engine, settings, spec.output.path, log)
+    map_pass = _start_passes(spec, engine, log)
     artifacts: dict[str, str] | None = None
     try:
         if spec.dedup == "content":
@@ -256,25 +377,12 @@ def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bo
         pending = sorted((t for t in tasks if t.shard not in keep), key=lambda t: (-len(t.records), t.shard))
         fresh = map_pass(process_shard, pending, "main")
         reused = [reused_result(spec, t) for t in tasks if t.shard in keep]
-        elapsed = time.time() - started
-        rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
-        metrics = {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
-                   "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None}
         manifest = commit(tasks, sorted([*fresh, *reused], key=lambda r: r.shard), engine=engine.name,
-                          metrics=metrics)
+                          metrics=_metrics(started, fresh, reused))
     except (PolicyError, UserError):
         raise
     except BaseException as exc:
-        # The engine has stopped its tasks by now (engines stop them before re-raising): what they
-        # left half-written goes; complete shards stay for --resume.
-        signum = exc.signum if isinstance(exc, Terminated) else received_signal()
-        interrupted = isinstance(exc, KeyboardInterrupt) or signum is not None
-        error = (f"interrupted by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT)
-                 else "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}")
-        write_failed(spec.output.path, spec, error, kind="interrupted" if interrupted else "error",
-                     artifacts=artifacts)
-        with contextlib.suppress(OSError):
-            _remove_temporaries(spec.output.path)
+        _record_failure(spec, exc, artifacts)
         raise
     finally:
         remove_work(spec.output.path)
@@ -292,7 +400,7 @@ def warn_unused_labels(spec: RunSpec, tasks: Sequence[ShardTask], log: Callable[
             f"label of that name): {', '.join(map(repr, unused[:10]))}{', ...' if len(unused) > 10 else ''}")
 
 
-def check_list_stage_budget(spec: RunSpec, tasks: Sequence[ShardTask]) -> None:
+def check_list_stage_budget(spec: RunSpec, tasks: Sequence[ShardTask], *, extra: dict[str, Any] | None = None) -> None:
     """Fail by policy before any image is read when list-stage rejects alone exceed the error budget.
 
     Labels outside the spec's ``labels`` and manifest rows the spec cannot take
@@ -317,7 +425,7 @@ def check_list_stage_budget(spec: RunSpec, tasks: Sequence[ShardTask]) -> None:
     error = (f"{len(rejected)} of {listed} inputs rejected when listed, before any image was read "
              f"({len(rejected) / listed:.1%}), over failures.max_reject_fraction = {budget}; top reasons: {top}")
     ledger = Ledger(listed, 0, 0, len(rejected), dict(sorted(by_reason.items())))
-    write_failed(spec.output.path, spec, error, kind="policy", ledger=ledger)
+    write_failed(spec.output.path, spec, error, kind="policy", ledger=ledger, extra=extra)
     raise PolicyError(error)
 
 
@@ -334,6 +442,14 @@ def format_summary(manifest: dict[str, Any], root: str, seconds: float | None = 
     for reason, n in manifest["rejects_by_reason"].items():
         lines.append(f"  {reason:<15}{n}")
     lines.append(f"shards           {manifest['n_shards']}")
+    generations = manifest.get("generations") or []
+    if len(generations) > 1:
+        lines.append(f"generations      {len(generations)} (--incremental)")
+        for entry in generations:
+            lines.append(f"  g{entry['generation']:<4} {entry['created_at']}  listed {entry['listed']}, written "
+                         f"{entry['written_sources']}, rejected {entry['rejected']} ({entry['engine']})")
+    if manifest.get("missing_inputs"):
+        lines.append(f"missing inputs   {manifest['missing_inputs']} (in the output, no longer listed; rows kept)")
     lines.append(f"labels           {len(manifest['label_names'])}: {', '.join(manifest['label_names'][:12])}")
     lines.append("columns          " + ", ".join(f"{c['name']}[{c['dim']}]" for c in manifest["columns"]))
     if seconds:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from featurelib.sources import SourceRecord, is_local, list_inputs, shard_of
+from collections.abc import Sequence
+
+from featurelib.sources import Listing, SourceRecord, is_local, list_inputs, shard_of
 from featurelib.spec import RunSpec
 
 
@@ -35,6 +37,8 @@ class ShardTask:
     label_names: tuple[str, ...]
     records: tuple[SourceRecord, ...]
     artifacts: tuple[ArtifactRef, ...] = ()
+    #: 1 for a run; g >= 2 for the g-th ``--incremental`` generation (its files are ``*.g000g.*``).
+    generation: int = 1
 
 
 def resolve_paths(spec: RunSpec) -> RunSpec:
@@ -48,6 +52,40 @@ def resolve_paths(spec: RunSpec) -> RunSpec:
     return spec.with_overrides(**overrides)
 
 
+def list_sources(spec: RunSpec, *, labels: Sequence[str] | None = None) -> Listing:
+    """Every input of `spec` (absolute paths), labelled by `labels` (default: the spec's ``labels``).
+
+    Raises
+    ------
+    UserError
+        If the input cannot be listed (missing folder, bad manifest, no files).
+    """
+    spec = resolve_paths(spec)
+    return list_inputs(
+        spec.input.path,
+        storage_options=spec.input.storage_options,
+        labels=spec.labels if labels is None else labels,
+        seed=spec.seed,
+        fractions=spec.split.fractions(),
+        by_content=spec.split.by == "content",
+    )
+
+
+def group(spec: RunSpec, records: Sequence[SourceRecord], label_names: Sequence[str], n_shards: int, *,
+          generation: int = 1) -> list[ShardTask]:
+    """One task per shard of `n_shards` (empty shards included: each writes its files)."""
+    spec = resolve_paths(spec)
+    grouped: list[list[SourceRecord]] = [[] for _ in range(n_shards)]
+    for record in records:
+        grouped[shard_of(record.source_key, n_shards)].append(record)
+    spec_json = spec.to_json()
+    return [
+        ShardTask(spec_json, shard, n_shards, spec.output.path, tuple(label_names), tuple(shard_records),
+                  generation=generation)
+        for shard, shard_records in enumerate(grouped)
+    ]
+
+
 def plan(spec: RunSpec) -> list[ShardTask]:
     """List the inputs and build one task per shard (empty shards included: each writes its files).
 
@@ -56,21 +94,6 @@ def plan(spec: RunSpec) -> list[ShardTask]:
     UserError
         If the input cannot be listed (missing folder, bad manifest, no files).
     """
-    spec = resolve_paths(spec)
-    listing = list_inputs(
-        spec.input.path,
-        storage_options=spec.input.storage_options,
-        labels=spec.labels,
-        seed=spec.seed,
-        fractions=spec.split.fractions(),
-        by_content=spec.split.by == "content",
-    )
+    listing = list_sources(spec)
     n_shards = spec.output.shard_count(len(listing.records))
-    grouped: list[list[SourceRecord]] = [[] for _ in range(n_shards)]
-    for record in listing.records:
-        grouped[shard_of(record.source_key, n_shards)].append(record)
-    spec_json = spec.to_json()
-    return [
-        ShardTask(spec_json, shard, n_shards, spec.output.path, listing.label_names, tuple(records))
-        for shard, records in enumerate(grouped)
-    ]
+    return group(spec, listing.records, listing.label_names, n_shards)

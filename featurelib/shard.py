@@ -255,7 +255,7 @@ class _ShardRun:
         self.stats = ShardStats(state.computer.columns)
         self.poison = _PoisonCheck()
         self.writer = ShardWriter(task.output, task.shard, task.n_shards, state.schema, self.spec.output.formats,
-                                  list(task.label_names))
+                                  list(task.label_names), generation=task.generation)
         self.pending: list[Prepared | RejectRow] = []
         self.pending_images = 0
 

@@ -114,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true")
     mode.add_argument("--overwrite", action="store_true")
+    mode.add_argument("--incremental", action="store_true",
+                      help="process only the inputs the committed output does not hold yet (a new generation)")
+    parser.add_argument("--prune", action="store_true", help="with --incremental (not supported yet)")
     args = parser.parse_args(argv)
     engine = None
 
@@ -124,10 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads_per_worker=args.threads_per_worker, batch_size=args.batch_size)
         spec.require_paths()
         engine = SparkEngine(master=args.master, conf=_conf_pairs(args.conf))
-        report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite)
+        report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite,
+                         incremental=args.incremental, prune=args.prune)
         print(format_summary(report.manifest, spec.output.path, report.seconds))
 
     try:
+        if args.incremental:
+            from featurelib.incremental import INCREMENTAL_HINT
+
+            return with_exit_codes(run, interrupted=INCREMENTAL_HINT)
         return with_exit_codes(run)
     finally:
         if engine is not None:

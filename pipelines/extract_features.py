@@ -123,13 +123,14 @@ def run(argv: Sequence[str] | None = None, *, pipeline_factory: Callable[[], bea
         input=ours.input, output=ours.output, shards=ours.shards,
         threads_per_worker=ours.threads_per_worker, batch_size=ours.batch_size)
     engine = BeamEngine(_strip_own_flags(argv), pipeline_factory=pipeline_factory)
-    report = execute(spec, engine, resume=ours.resume, overwrite=ours.overwrite)
+    report = execute(spec, engine, resume=ours.resume, overwrite=ours.overwrite, incremental=ours.incremental,
+                     prune=ours.prune)
     print(format_summary(report.manifest, spec.output.path, report.seconds))
     return report
 
 
 _OWN_VALUE_FLAGS = ("--spec", "--input", "--output", "--shards", "--threads_per_worker", "--batch_size")
-_OWN_SWITCHES = ("--resume", "--overwrite")
+_OWN_SWITCHES = ("--resume", "--overwrite", "--incremental", "--prune")
 
 
 def _strip_own_flags(argv: Sequence[str]) -> list[str]:
@@ -148,9 +149,11 @@ def _strip_own_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main() -> int:
-    from featurelib.exits import with_exit_codes
+    from featurelib.exits import RESUME_HINT, with_exit_codes
+    from featurelib.incremental import INCREMENTAL_HINT
 
-    return with_exit_codes(lambda: run() and None)
+    hint = INCREMENTAL_HINT if "--incremental" in sys.argv[1:] else RESUME_HINT
+    return with_exit_codes(lambda: run() and None, interrupted=hint)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Pipeline options: featurelib's own flags next to every Beam flag.
 
     python -m pipelines.extract_features --spec S [--input P] [--output P] [--shards N]
-        [--threads_per_worker N] [--batch_size N] [--resume | --overwrite]
+        [--threads_per_worker N] [--batch_size N] [--resume | --overwrite | --incremental]
         [any Beam flag: --runner, --direct_num_workers, ...]
 """
 
@@ -28,6 +28,10 @@ class FeaturizeOptions(PipelineOptions):
         parser.add_argument("--batch_size", type=int, default=None, help="overrides execution.batch_size")
         parser.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
         parser.add_argument("--overwrite", action="store_true", help="replace an output holding another run")
+        parser.add_argument("--incremental", action="store_true",
+                            help="process only the inputs the committed output does not hold yet (a new generation)")
+        parser.add_argument("--prune", action="store_true", help="with --incremental: drop the rows of deleted inputs "
+                                                                 "(not supported yet)")
 
 
 def beam_options(argv: list[str]) -> PipelineOptions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import uuid
 from typing import Any
 
@@ -37,10 +38,29 @@ def shard_kinds(formats) -> tuple[str, ...]:
     return (*formats, "stats", "rejects")
 
 
-def shard_relpath(kind: str, shard: int, n_shards: int) -> str:
-    """``{folder}/part-{shard:05d}-of-{n_shards:05d}.{ext}``: the same task always gets the same name."""
+def shard_relpath(kind: str, shard: int, n_shards: int, generation: int = 1) -> str:
+    """``{folder}/part-{shard:05d}-of-{n_shards:05d}[.g{generation:04d}].{ext}``: the same task always gets
+    the same name. Generation 1 (a run without ``--incremental``) has no suffix; an incremental run's
+    generation g >= 2 writes ``part-00003-of-00008.g0002.parquet``, never colliding with older files."""
+    if generation < 1:
+        raise ValueError(f"generation must be >= 1, got {generation}")
     folder, ext = SHARD_FILES[kind]
-    return f"{folder}/part-{shard:05d}-of-{n_shards:05d}.{ext}"
+    suffix = f".g{generation:04d}" if generation > 1 else ""
+    return f"{folder}/part-{shard:05d}-of-{n_shards:05d}{suffix}.{ext}"
+
+
+#: A per-shard file name (no folder) as :func:`shard_relpath` writes it: shard, shard count, generation, ext.
+SHARD_NAME = re.compile(r"part-(\d{5,})-of-(\d{5,})(?:\.g(\d{4,}))?\.(parquet|h5|json)")
+
+
+def shard_generation(name: str) -> int | None:
+    """The generation of a per-shard file name (1 without suffix), or None if `name` is not one
+    (``.g0000`` and ``.g0001`` are never written: not shard names)."""
+    match = SHARD_NAME.fullmatch(name)
+    if match is None:
+        return None
+    generation = int(match.group(3)) if match.group(3) else 1
+    return None if match.group(3) and generation < 2 else generation
 
 
 def temp_path(path: str) -> str:

@@ -25,23 +25,29 @@ from featurelib.io import files as layout
 from featurelib.schema import OutputSchema
 
 
-def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_names: list[str]) -> int:
-    """Write ``hdf5/features.h5`` over the HDF5 shards of `tasks`; returns the total row count.
+def write_virtual_index(root: str, shard_files: Sequence[str], schema: OutputSchema, label_names: list[str], *,
+                        target: str | None = None) -> int:
+    """Write ``hdf5/features.h5`` over the HDF5 shard files `shard_files`; returns the total row count.
 
     Parameters
     ----------
     root : str
         Output root.
-    tasks : sequence of ShardTask
-        All shards of the run, in shard order.
+    shard_files : sequence of str
+        The HDF5 shard files (relative to `root`, all in ``hdf5/``), in the order their rows
+        appear: shard order, and within a shard generation order.
     schema : OutputSchema
     label_names : list of str
+    target : str, optional
+        Write here (an absolute path) instead of replacing ``hdf5/features.h5``: the caller
+        renames it into place (an incremental commit renames its run-level files together).
     """
     import h5py
 
     sources = []
-    for task in tasks:
-        rel = layout.shard_relpath("hdf5", task.shard, task.n_shards)
+    for rel in shard_files:
+        if not is_shard_name(os.path.basename(rel)) or os.path.dirname(rel) != os.path.dirname(layout.FEATURES_H5):
+            raise ValueError(f"not an HDF5 shard file of the output: {rel!r}")
         with h5py.File(os.path.join(root, rel), "r") as shard:
             sources.append((os.path.basename(rel), shard[c.H5_FEATURES].shape[0]))
     total = sum(n for _, n in sources)
@@ -52,7 +58,7 @@ def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_
     if schema.pixels:
         shapes[c.H5_IMAGES] = ((*schema.image_size, 3), np.uint8)
     path = os.path.join(root, layout.FEATURES_H5)
-    tmp = layout.temp_path(path)
+    tmp = target or layout.temp_path(path)
     with h5py.File(tmp, "w", libver=("v110", "latest")) as out:
         for name, (tail, dtype) in shapes.items():
             virtual = h5py.VirtualLayout(shape=(total, *tail), dtype=dtype)
@@ -67,17 +73,21 @@ def write_virtual_index(root: str, tasks: Sequence, schema: OutputSchema, label_
         out.attrs[c.H5_ATTR_FEATURE_FP] = schema.feature_fingerprint
         out.attrs[c.H5_ATTR_RUN_FP] = schema.run_fingerprint
         out.attrs["shards"] = json.dumps([{"file": f, "rows": n} for f, n in sources])
-    os.replace(tmp, path)
+    if target is None:
+        os.replace(tmp, path)
     return total
 
 
 #: A shard file's name within ``hdf5/`` (``layout.shard_relpath``): what ``features.h5`` may read.
-_SHARD_NAME = re.compile(r"part-\d{5,}-of-\d{5,}\.h5")
+#: Generation 1 has no suffix; an incremental generation g >= 2 adds ``.g{g:04d}``.
+_SHARD_NAME = re.compile(r"part-\d{5,}-of-\d{5,}(?:\.g(\d{4,}))?\.h5")
 
 
 def is_shard_name(name: str) -> bool:
-    """Whether `name` is a plain HDF5 shard file name (``part-00003-of-00008.h5``): no folder."""
-    return _SHARD_NAME.fullmatch(name) is not None
+    """Whether `name` is a plain HDF5 shard file name (``part-00003-of-00008.h5``, or
+    ``part-00003-of-00008.g0002.h5`` for an incremental generation): no folder, nothing else."""
+    match = _SHARD_NAME.fullmatch(name)
+    return match is not None and (match.group(1) is None or int(match.group(1)) >= 2)
 
 
 def check_self_contained(h5, name: str, *, sources: Callable[[str], bool] | None = None) -> None:

@@ -147,6 +147,8 @@ class ShardWriter:
         Output root (local path).
     shard, n_shards : int
         Which shard; fixes the file names.
+    generation : int
+        1, or an incremental run's generation (``*.g0002.*`` names).
     schema : OutputSchema
     formats : sequence of {'parquet', 'hdf5'}
     label_names : list of str
@@ -154,9 +156,9 @@ class ShardWriter:
     """
 
     def __init__(self, root: str, shard: int, n_shards: int, schema: OutputSchema,
-                 formats: tuple[str, ...], label_names: list[str]) -> None:
+                 formats: tuple[str, ...], label_names: list[str], *, generation: int = 1) -> None:
         self.root, self.shard, self.n_shards = root, shard, n_shards
-        self.final = {kind: shard_relpath(kind, shard, n_shards) for kind in shard_kinds(formats)}
+        self.final = {kind: shard_relpath(kind, shard, n_shards, generation) for kind in shard_kinds(formats)}
         self.temps: dict[str, str] = {}
         for kind, rel in self.final.items():
             os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)

@@ -1,0 +1,232 @@
+"""``--incremental``: add the inputs that are new since the output's last commit, as a new generation.
+
+The nightly job over a growing bucket: the output's first run fixed the spec, the
+shard count, the label names and the fitted artefacts; an incremental run lists
+the inputs again, keeps the source keys the output does not hold yet (neither
+written nor rejected, in any generation), and writes them as generation g (the
+previous one + 1): ``part-00003-of-00008.g0002.parquet`` and so on, one set of
+files per shard, possibly empty. The driver then commits a manifest listing
+every generation (:func:`featurelib.commit.commit_generation`). Until then the
+previous manifest is the output: the new generation's files are not listed,
+and the next ``--incremental`` run removes them if this one fails.
+
+Decisions (docs/CONTRACT.md, "Incremental runs"):
+
+* A key already rejected is not retried (a bad file is not decoded again every
+  night); to retry rejects, rerun without ``--incremental``.
+* Labels are frozen: a new class folder is ``invalid_label``.
+* ``dedup: content`` compares a new input's bytes with every written source
+  (the ``sha256`` column of the Parquet shards): the row already written wins.
+* Inputs that are gone are reported (``missing_inputs``), their rows kept.
+* With nothing new, nothing is written and the manifest is left as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from featurelib import registry
+from featurelib.errors import SchemaError, UserError
+from featurelib.io import files as layout
+from featurelib.plan import ArtifactRef, ShardTask, group, list_sources
+from featurelib.spec import RunSpec
+
+#: What ``featurize run --incremental`` says after a failure or an interrupt.
+INCREMENTAL_HINT = "run again with --incremental to redo this generation (the committed output is unchanged)"
+
+
+def committed_manifest(spec: RunSpec) -> dict[str, Any]:
+    """The manifest of the output an incremental run of `spec` (absolute paths) adds to.
+
+    Raises
+    ------
+    UserError
+        No committed output there, an unreadable manifest, or one written by a different spec.
+    """
+    root = spec.output.path
+    path = os.path.join(root, layout.MANIFEST)
+    if not os.path.isfile(path):
+        failed = os.path.exists(os.path.join(root, layout.FAILED))
+        hint = (" (its first run failed: complete it with --resume, or rerun it)" if failed else "")
+        raise UserError(f"--incremental: output {root!r} holds no committed run{hint}; nothing to add to: "
+                        f"run once without --incremental")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        found = manifest["spec_fingerprints"]["run"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--incremental: cannot read {path!r} ({exc}); rerun without --incremental") from None
+    wanted = spec.run_fingerprint()
+    if found != wanted:
+        raise UserError(f"--incremental: output {root!r} was written by a different spec (run_fingerprint "
+                        f"{found[:12]}..., this spec {wanted[:12]}...); --incremental keeps the first run's spec: "
+                        f"run it with that spec, or without --incremental (--overwrite) to replace the output")
+    if "parquet" not in spec.output.formats and spec.dedup == "content":
+        raise UserError("--incremental with dedup: content needs output.formats to include parquet (the sha256 "
+                        "column of the written rows); rerun without --incremental")
+    return manifest
+
+
+def generation_of(manifest: dict[str, Any]) -> int:
+    """The last committed generation (1 for an output without ``generations``)."""
+    return max((int(g["generation"]) for g in manifest.get("generations") or []), default=1)
+
+
+@dataclasses.dataclass
+class Existing:
+    """What the output holds, read from the files its manifest lists."""
+
+    written: set[str]
+    rejected: set[str]
+    first_with_digest: dict[str, str]  # sha256 of the bytes -> smallest written source key
+
+    @property
+    def keys(self) -> set[str]:
+        return self.written | self.rejected
+
+
+def read_existing(root: str, manifest: dict[str, Any], *, digests: bool) -> Existing:
+    """Source keys written and rejected in every generation, and (`digests`) the written sources' sha256."""
+    from featurelib.commit import listed_shard_files
+    from featurelib.io.readers import read_shard_keys
+
+    formats = manifest["spec"]["output"]["formats"]
+    data_kind = "parquet" if "parquet" in formats else "hdf5"
+    written: set[str] = set()
+    rejected: set[str] = set()
+    first: dict[str, str] = {}
+    for entry in listed_shard_files(manifest).values():
+        path = os.path.join(root, entry[data_kind]["path"])
+        if digests:
+            table = pq.read_table(path, columns=["source_key", "aug_index", "sha256"])
+            for key, aug, digest in zip(*(table.column(c).to_pylist() for c in ("source_key", "aug_index", "sha256"))):
+                if aug == 0:
+                    written.add(key)
+                    if digest not in first or key < first[digest]:
+                        first[digest] = key
+        else:
+            keys = read_shard_keys(path)
+            written.update(s for s, a in zip(keys["source_key"], keys["aug_index"]) if a == 0)
+        rejects = pq.read_table(os.path.join(root, entry["rejects"]["path"]), columns=["source_key"])
+        rejected.update(rejects.column("source_key").to_pylist())
+    return Existing(written, rejected, first)
+
+
+def remove_unlisted(root: str, manifest: dict[str, Any]) -> list[str]:
+    """Delete per-shard files the manifest does not list (a failed generation's leftovers) and temporaries.
+
+    Only names featurelib writes are touched (shard file names, temporaries), in its own folders.
+    """
+    listed = {f["path"] for f in manifest["files"]}
+    removed = []
+    for kind in ("parquet", "hdf5", "rejects", "stats"):
+        folder = os.path.join(root, layout.SHARD_FILES[kind][0])
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            rel = f"{layout.SHARD_FILES[kind][0]}/{name}"
+            if rel in listed:
+                continue
+            if layout.shard_generation(name) is not None or layout.TMP_MARK in name:
+                os.remove(os.path.join(folder, name))
+                removed.append(rel)
+    return removed
+
+
+@dataclasses.dataclass
+class GenerationPlan:
+    """One incremental run: its tasks (the new inputs only), generation, and the inputs now gone."""
+
+    tasks: list[ShardTask]
+    generation: int
+    listed: int
+    existing: Existing
+    missing: list[str]
+
+    @property
+    def new(self) -> int:
+        return sum(len(t.records) for t in self.tasks)
+
+
+def plan_generation(spec: RunSpec, manifest: dict[str, Any]) -> GenerationPlan:
+    """List the inputs under the output's frozen labels and shard count; keep those not in the output."""
+    label_names = list(manifest["label_names"])
+    listing = list_sources(spec, labels=label_names)
+    existing = read_existing(spec.output.path, manifest, digests=spec.dedup == "content")
+    keys = existing.keys
+    new = [_frozen_label(r, len(label_names)) if spec.labels is None else r
+           for r in listing.records if r.source_key not in keys]
+    listed = {r.source_key for r in listing.records}
+    generation = generation_of(manifest) + 1
+    tasks = group(spec, new, label_names, int(manifest["n_shards"]), generation=generation)
+    return GenerationPlan(tasks, generation, len(listing.records), existing, sorted(keys - listed))
+
+
+def _frozen_label(record, n_labels: int):
+    """A new class under spec labels taken from the data: say why it is refused, and what to do."""
+    if record.reject is None or record.reject[0] != "invalid_label":
+        return record
+    detail = (f"label {record.label_name!r} is not one of the output's {n_labels} labels: --incremental keeps the "
+              f"labels of the output's first run; adding a class needs a full rerun without --incremental")
+    return dataclasses.replace(record, reject=("invalid_label", detail))
+
+
+def mark_existing_duplicates(tasks: Sequence[ShardTask], hashes: Sequence[list[tuple[str, str]]],
+                             existing: Existing) -> tuple[list[ShardTask], list[tuple[str, str]]]:
+    """``dedup: content`` across generations: a new input with the bytes of a written source is its
+    ``duplicate``. Returns the tasks and the hashes left to the usual rule among the new inputs."""
+    pairs = [pair for shard_pairs in hashes for pair in shard_pairs]
+    duplicate_of = {key: existing.first_with_digest[digest] for key, digest in pairs
+                    if digest in existing.first_with_digest}
+    out = []
+    for task in tasks:
+        records = tuple(
+            dataclasses.replace(r, reject=("duplicate", f"same content as {duplicate_of[r.source_key]!r} "
+                                                        f"(written by an earlier generation)"))
+            if r.source_key in duplicate_of and r.reject is None else r
+            for r in task.records
+        )
+        out.append(dataclasses.replace(task, records=records))
+    return out, [(key, digest) for key, digest in pairs if key not in duplicate_of]
+
+
+def check_artifacts(spec: RunSpec, manifest: dict[str, Any]) -> None:
+    """Every artefact the spec's extractors fit is in the output as its manifest lists it: reused, never refitted.
+
+    Raises
+    ------
+    SchemaError
+        An artefact missing or changed since the output's first run.
+    """
+    listed = {a["column"]: a for a in manifest.get("artifacts", [])}
+    for feature in spec.fitted_features():
+        entry = listed.get(feature.column)
+        relpath = f"{layout.ARTIFACTS}/{registry.get(feature.name).artifact.filename(feature.column)}"
+        path = os.path.join(spec.output.path, relpath)
+        if entry is None or entry["path"] != relpath or not os.path.isfile(path) \
+                or layout.file_sha256(path) != entry["sha256"]:
+            raise SchemaError(f"artefact {relpath} of column {feature.column!r} is missing or changed since the "
+                              f"output's first run: --incremental never refits; rerun without --incremental")
+
+
+def check_reused(refs: Sequence[ArtifactRef], manifest: dict[str, Any]) -> None:
+    listed = {a["column"]: a["sha256"] for a in manifest.get("artifacts", [])}
+    for ref in refs:
+        if listed.get(ref.column) != ref.sha256:
+            raise SchemaError(f"artefact {ref.path} is not the one the output was written with")
+
+
+def report_missing(missing: Sequence[str], log: Callable[[str], None]) -> None:
+    if missing:
+        examples = ", ".join(map(repr, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        log(f"featurize: {len(missing)} input(s) in the output are no longer listed (deleted?): {examples}; "
+            f"their rows are kept")
+
+
+__all__ = ["INCREMENTAL_HINT", "committed_manifest", "plan_generation", "remove_unlisted", "GenerationPlan"]
