@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import sys
 import threading
@@ -95,8 +96,6 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
     except BrokenPipeError:
         # The reader of stdout went away: nothing left to tell it. Point stdout at /dev/null so
         # the interpreter's final flush does not raise the same error again at exit.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -107,7 +106,9 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
             return _failed(exc, interrupted)
         # A full disk or quota is the machine's state, not a bug: no traceback.
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"featurize: failed: {exc.strerror or exc}{where}; free space first ({interrupted})", file=sys.stderr)
+        # os.strerror, not exc.strerror: HDF5 puts a multi-line report there.
+        print(f"featurize: failed: {os.strerror(exc.errno)}{where}; free space first ({interrupted})",
+              file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:
         return _failed(exc, interrupted)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import concurrent.futures.process
+import errno
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -39,6 +42,31 @@ def _watch_driver(driver_pid: int) -> None:
             # The driver is gone (killed, crashed): nobody will commit this work, and writing on
             # into its output would race a rerun. Stop now; temporaries are removed by the next run.
             os._exit(1)
+
+
+#: Below this many free bytes, the file system of the output counts as full.
+FULL_DISK_BYTES = 1 << 20
+
+
+def _full_disk(work_dir: str | None) -> OSError | None:
+    """ENOSPC naming the output, if the file system holding `work_dir` is (nearly) full; else None.
+
+    A worker that dies abruptly leaves no error behind. On a full disk the usual
+    culprit is HDF5: a write that fails with ENOSPC can leave the library in a
+    state that crashes the process later (measured on a full tmpfs).
+    """
+    if not work_dir:
+        return None
+    folder = work_dir
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= FULL_DISK_BYTES:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.dirname(os.path.dirname(work_dir)))
 
 
 def _start_worker(driver_pid: int) -> None:
@@ -125,6 +153,12 @@ class LocalEngine(Engine):
                 print(f"featurize: {done}/{len(items)} tasks done", file=sys.stderr, end="\r")
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: stop now
             stop_workers(pool)
+            raise
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            full = _full_disk(work_dir)
+            if full is not None:
+                raise full from exc
             raise
         except BaseException:
             # A failed task: the tasks already running finish (their shards are kept for --resume),
