@@ -135,7 +135,33 @@ class _Hdf5Sink:
         self.rows = end
 
     def close(self) -> None:
-        self.h5.close()
+        try:
+            self.h5.close()
+        except BaseException:  # a full disk while HDF5 flushes: the file stays open inside the library
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close after a failed write (a full disk) without leaving HDF5 in a state that crashes the process.
+
+        HDF5 keeps a file whose close failed open inside the library, and its
+        clean-up at the next file operation or at exit then segfaults the worker
+        (measured on a full tmpfs). The file is being discarded anyway: point
+        its descriptor at /dev/null so the final metadata writes succeed, close
+        cleanly, and let the caller delete the temporary file.
+        """
+        with contextlib.suppress(Exception):
+            if not self.h5.id.valid:
+                return
+            handle = self.h5.id.get_vfd_handle()
+            if isinstance(handle, int) and handle >= 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, handle)
+                finally:
+                    os.close(null)
+        with contextlib.suppress(Exception):
+            self.h5.close()
 
 
 class ShardWriter:
@@ -220,7 +246,7 @@ class ShardWriter:
         for sink in self.sinks:
             # Already failing: cleaning up matters more than a second error from close().
             with contextlib.suppress(Exception):
-                sink.close()
+                getattr(sink, "abort", sink.close)()
         for path in self.temps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
