@@ -219,6 +219,9 @@ def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[
         started = time.time()
         results = engine.map(worker.WorkerCall(function, settings), list(tasks),
                              work_dir=os.path.join(root, layout.WORK, name))
+        # Every task has succeeded once; a killed duplicate (a speculative copy's loser, a retried
+        # attempt) may have left half-written temporaries that no one will rename.
+        _remove_temporaries(root)
         log(f"featurize: pass {name!r}: {len(tasks)} tasks in {time.time() - started:.1f} s")
         return results
 

@@ -131,9 +131,11 @@ def _maybe_inject_fault(task: ShardTask, point: str) -> None:
     """Tests only (``FEATURELIB_FAULT_FILE``): fail this shard's first attempt at `point`.
 
     The fault file names an output, a shard, a marker file (present = already fired)
-    and a ``kind``: ``error`` (a RuntimeError half-way through the records) or
+    and a ``kind``: ``error`` (a RuntimeError half-way through the records),
     ``disk_full`` (ENOSPC when the shard's files are being finished, its
-    temporaries half-written, as a full disk fails a real write).
+    temporaries half-written, as a full disk fails a real write) or ``slow``
+    (``seconds`` of sleep half-way, temporaries open: a straggler that
+    speculative execution copies).
     """
     path = os.environ.get(FAULT_ENV)
     if not path or not os.path.exists(path):
@@ -142,10 +144,13 @@ def _maybe_inject_fault(task: ShardTask, point: str) -> None:
         fault = json.load(handle)
     kind = fault.get("kind", "error")
     if (fault.get("output") != task.output or fault.get("shard") != task.shard or os.path.exists(fault["marker"])
-            or point != {"error": "middle", "disk_full": "close"}[kind]):
+            or point != {"error": "middle", "slow": "middle", "disk_full": "close"}[kind]):
         return
     with open(fault["marker"], "w") as handle:
         handle.write(str(os.getpid()))
+    if kind == "slow":
+        time.sleep(float(fault.get("seconds", 30)))
+        return
     if kind == "disk_full":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(task.output, "parquet"))
     raise RuntimeError(f"injected fault in shard {task.shard} (first attempt)")

@@ -41,12 +41,13 @@ os.environ["FEATURELIB_TEST_DECODE_FAULT"] = "1"
 
 @pytest.fixture
 def arm_fault(tmp_path):
-    """arm_fault(output, shard, kind="error"): that shard's first attempt fails (``error``: mid-shard;
-    ``disk_full``: ENOSPC while its files are finished); disarmed after the test."""
+    """arm_fault(output, shard, kind="error", **extra): that shard's first attempt fails (``error``:
+    mid-shard; ``disk_full``: ENOSPC while its files are finished) or stalls (``slow``, ``seconds=``);
+    disarmed after the test."""
     import json
 
-    def arm(output, shard, kind="error"):
-        FAULT_FILE.write_text(json.dumps({"output": str(output), "shard": shard, "kind": kind,
+    def arm(output, shard, kind="error", **extra):
+        FAULT_FILE.write_text(json.dumps({"output": str(output), "shard": shard, "kind": kind, **extra,
                                           "marker": str(tmp_path / f"fault-marker-{shard}")}))
     yield arm
     FAULT_FILE.unlink(missing_ok=True)

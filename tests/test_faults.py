@@ -133,3 +133,18 @@ def test_secrets_appear_in_no_file_log_or_message(corpus, tmp_path, capsys, capl
     for root in (out, tmp_path / "failed", beam_out):
         assert_no_secret(root, captured.out, captured.err, logged)
     assert json.loads((out / "_manifest.json").read_text())["spec"]["input"]["storage_options"] == {}
+
+
+def test_a_second_attempt_of_a_completed_shard_keeps_the_first_attempts_files(corpus, tmp_path):
+    """What a speculative copy's loser or a retry Spark thought lost does when it finishes anyway."""
+    from featurelib.plan import plan
+    from featurelib.shard import process_shard
+
+    spec = RunSpec.from_yaml(str(spec_for(tmp_path / "spec.yaml", corpus, tmp_path / "out")))
+    task = plan(spec)[1]
+    first = process_shard(task)
+    stamps = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "out").rglob("part-*")}
+    second = process_shard(task)
+    assert second.files == first.files  # same paths, rows, sizes and sha256: the first attempt's files
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "out").rglob("part-*")} == stamps
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]

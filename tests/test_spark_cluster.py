@@ -1,6 +1,6 @@
 """A real Spark standalone cluster (master + workers on 127.0.0.1 and 127.0.0.2) and spark-submit.
 
-One cluster for the module (JVM start-ups are the cost on 2 cores); two submits.
+One cluster for the module (JVM start-ups are the cost on 2 cores); three submits.
 """
 
 from __future__ import annotations
@@ -121,3 +121,29 @@ def test_user_mistake_through_spark_submit_exits_2_with_one_message(cluster, mix
     # no application reached the master (no executor, no task), and no output was made
     assert apps(cluster) == before
     assert not (tmp_path / "o").exists()
+
+
+def test_a_speculative_copy_of_a_straggler_leaves_one_complete_shard_and_no_temporaries(cluster, mixed_dir, spec_file,
+                                                                                       tmp_path, arm_fault):
+    """Shard 0's first attempt stalls half-way with its files open; Spark copies it onto the other worker,
+    the copy wins, the straggler is killed: one set of files, byte-identical to the local engine's."""
+    from conftest import FAULT_FILE
+
+    root, expected = mixed_dir
+    spec = spec_file(failures={"max_reject_fraction": 0.25}, output={"shards": 6})
+    out = tmp_path / "spark"
+    arm_fault(out, 0, kind="slow", seconds=60)
+    done = submit(cluster, "--spec", str(spec), "--input", str(root), "--output", str(out),
+                  "--conf", "spark.speculation=true", "--conf", "spark.speculation.interval=200ms",
+                  "--conf", "spark.speculation.quantile=0.5", "--conf", "spark.speculation.multiplier=1.5",
+                  "--conf", "spark.speculation.minTaskRuntime=1s",
+                  "--conf", f"spark.executorEnv.FEATURELIB_FAULT_FILE={FAULT_FILE}")
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    # The speculative attempt (task 0.1: attempt 1 of the task) ran on an executor.
+    logs = "".join(p.read_text(errors="replace") for p in cluster.state_dir.glob("work-*/app-*/*/stderr"))
+    assert "(TID" in logs and ".1 in stage" in logs, "no speculative attempt ran"
+    assert_ledger(out, set(expected))  # also: no temporary file left by the killed straggler
+    local_out = tmp_path / "local"
+    execute(RunSpec.from_yaml(str(spec)).with_overrides(input=str(root), output=str(local_out)), LocalEngine(2),
+            log=lambda m: None)
+    assert digest_tree(out) == digest_tree(local_out)

@@ -233,6 +233,13 @@ class ShardWriter:
             handle.write(stats)
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rejects], schema=c.REJECT_SCHEMA)
         pq.write_table(table, self.temps["rejects"], compression=PARQUET_COMPRESSION)
+        if os.path.exists(os.path.join(self.root, self.final["rejects"])):
+            # Another attempt of this task (a speculative copy, a retry Spark thought lost) completed
+            # first: the first complete shard wins, so the files the driver reports are never
+            # replaced behind its back (HDF5 bytes may differ between attempts).
+            self.abort()
+            return [FileInfo.of(self.root, rel, kind=kind, shard=self.shard, rows=self._rows_of(kind, rel))
+                    for kind, rel in self.final.items()]
         infos = []
         for kind in self.final:  # shard_kinds order: the rejects file is renamed last
             target = os.path.join(self.root, self.final[kind])
@@ -240,6 +247,18 @@ class ShardWriter:
             rows = len(self.rejects) if kind == "rejects" else 0 if kind == "stats" else self.rows
             infos.append(FileInfo.of(self.root, self.final[kind], kind=kind, shard=self.shard, rows=rows))
         return infos
+
+    def _rows_of(self, kind: str, rel: str) -> int:
+        """Rows of a complete file of this shard written by another attempt."""
+        path = os.path.join(self.root, rel)
+        if kind == "stats":
+            return 0
+        if kind == "hdf5":
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                return int(h5[c.H5_FEATURES].shape[0])
+        return pq.ParquetFile(path).metadata.num_rows
 
     def abort(self) -> None:
         """Close what is open and delete every temporary file (nothing partial stays visible)."""
