@@ -278,3 +278,22 @@ def test_the_legitimate_output_reads_through_every_reader(made, copy):
     assert report.manifest["metrics"]["reused_shards"] == 1
     np.testing.assert_array_equal(open_dataset(copy).read(split=None, include_unlabelled=True, source="hdf5").X,
                                   from_hdf5.X)
+
+
+def test_a_weights_file_pointing_at_other_files_is_refused_unread(tmp_path):
+    """A CNN weights file (Keras 3 layout) whose kernel is external storage, or which links out, is refused."""
+    from featurelib.deep.weights import WeightsError, scan
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    stored = tmp_path / "external.weights.h5"
+    with h5py.File(stored, "w") as h5:
+        layer = h5.create_group("layers/conv/vars")
+        layer.create_dataset("0", shape=(4, 4), dtype=np.float32, external=[(str(secret), 0, 64)])
+    linked = tmp_path / "linked.weights.h5"
+    with h5py.File(linked, "w") as h5:
+        h5.create_group("layers/conv/vars")
+        h5["layers/conv/vars/0"] = h5py.ExternalLink(str(stored), "/layers/conv/vars/0")
+    for path, kind in ((stored, "external storage"), (linked, "external link")):
+        with pytest.raises(WeightsError, match=kind):
+            scan(str(path), read="all")

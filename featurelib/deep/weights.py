@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from featurelib.deep.backbones import VGG16_LAYERS, VGG16_NEEDS, Backbone, WeightsFile, shapes_digest
-from featurelib.errors import SpecError
+from featurelib.errors import SchemaError, SpecError
+from featurelib.io.hdf5 import check_self_contained
 
 KERAS3, LEGACY = "keras3", "legacy"
 
@@ -223,6 +224,12 @@ def scan(path: str, read: Iterable[str] | str | None = None) -> tuple[str, list[
     except OSError as exc:
         raise WeightsError(f"not a readable HDF5 file ({exc})") from None
     with handle:
+        try:
+            # A weights file comes from anywhere (a shared drive, a download): one that makes HDF5
+            # read other files (external storage or links, virtual datasets) is refused unread.
+            check_self_contained(handle, os.path.basename(path))
+        except SchemaError as exc:
+            raise WeightsError(str(exc)) from None
         try:
             return _layers(handle, read)
         except WeightsError:
