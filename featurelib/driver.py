@@ -296,6 +296,7 @@ def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], s
         if not generation.new:
             log(f"featurize: nothing new to add: all {generation.listed} listed inputs are in the output "
                 f"(generation {generation.generation - 1}); the output is unchanged")
+            incremental.forget_failed_attempt(root)
             return RunReport(previous, time.time() - started)
         log(f"featurize: incremental generation {generation.generation}: {generation.new} new of "
             f"{generation.listed} listed inputs in {previous['n_shards']} shards on engine {engine.name}")

@@ -50,6 +50,9 @@ def committed_manifest(spec: RunSpec) -> dict[str, Any]:
         No committed output there, an unreadable manifest, or one written by a different spec.
     """
     root = spec.output.path
+    if "parquet" not in spec.output.formats and spec.dedup == "content":
+        raise UserError("--incremental with dedup: content needs output.formats to include parquet (the sha256 "
+                        "column of the written rows); rerun without --incremental")
     path = os.path.join(root, layout.MANIFEST)
     if not os.path.isfile(path):
         failed = os.path.exists(os.path.join(root, layout.FAILED))
@@ -67,9 +70,6 @@ def committed_manifest(spec: RunSpec) -> dict[str, Any]:
         raise UserError(f"--incremental: output {root!r} was written by a different spec (run_fingerprint "
                         f"{found[:12]}..., this spec {wanted[:12]}...); --incremental keeps the first run's spec: "
                         f"run it with that spec, or without --incremental (--overwrite) to replace the output")
-    if "parquet" not in spec.output.formats and spec.dedup == "content":
-        raise UserError("--incremental with dedup: content needs output.formats to include parquet (the sha256 "
-                        "column of the written rows); rerun without --incremental")
     return manifest
 
 
@@ -220,6 +220,18 @@ def check_reused(refs: Sequence[ArtifactRef], manifest: dict[str, Any]) -> None:
     for ref in refs:
         if listed.get(ref.column) != ref.sha256:
             raise SchemaError(f"artefact {ref.path} is not the one the output was written with")
+
+
+def forget_failed_attempt(root: str) -> None:
+    """Remove the ``_FAILED.json`` of a failed incremental attempt whose files are gone (nothing left to redo)."""
+    path = os.path.join(root, layout.FAILED)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            incremental = json.load(handle).get("incremental")
+    except (OSError, ValueError, AttributeError):
+        return
+    if incremental:
+        os.remove(path)
 
 
 def report_missing(missing: Sequence[str], log: Callable[[str], None]) -> None:

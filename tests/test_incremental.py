@@ -299,6 +299,26 @@ def test_interrupted_generation_keeps_the_previous_manifest_and_a_rerun_on_beam_
     assert m2["counts"]["written_sources"] == 64
     assert sorted(p.name for p in (out / "parquet").iterdir()) == sorted(
         [f"part-0000{s}-of-00003.parquet" for s in range(3)] + [f"part-0000{s}-of-00003.g0002.parquet" for s in range(3)])
+    # a failed attempt whose inputs went away again: nothing to redo, its _FAILED.json goes
+    (out / "_FAILED.json").write_text(json.dumps({"kind": "interrupted", "incremental": True, "generation": 3}))
+    run(spec, inp, out, incremental=True)
+    assert not (out / "_FAILED.json").exists() and json.loads((out / "_manifest.json").read_text()) == m2
+
+
+def test_beam_and_spark_entry_points_take_the_flag(grown, tmp_path, capsys):
+    from jobs.extract_features import main as spark_main
+    from pipelines.extract_features import _strip_own_flags, run as beam_run
+
+    with pytest.raises(SystemExit) as caught:
+        spark_main(["--spec", str(grown["spec"]), "--incremental", "--resume"])
+    assert caught.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert _strip_own_flags(["--incremental", "--prune", "--runner=FnApiRunner"]) == ["--runner=FnApiRunner"]
+    with pytest.raises(UserError, match="nothing to add to: run once without --incremental"):
+        beam_run(["--spec", str(grown["spec"]), "--input", str(grown["inp"]), "--output", str(tmp_path / "none"),
+                  "--incremental"])
+    hdf5_only = write(tmp_path / "h5.yaml", dedup="content", output={"shards": 2, "formats": ["hdf5"]})
+    with pytest.raises(UserError, match="dedup: content needs output.formats to include parquet"):
+        run(hdf5_only, grown["inp"], tmp_path / "h5", incremental=True)
 
 
 def test_dedup_content_across_generations(digits_dir, tmp_path):
