@@ -344,6 +344,21 @@ def test_dedup_content_across_generations(digits_dir, tmp_path):
     assert repr(f"{fresh.parent.name}/a-copy.png") in rejects[f"{fresh.parent.name}/b-copy.png"]["detail"]
 
 
+def test_hdf5_only_output_grows_too(digits_dir, tmp_path):
+    digits = sorted(digits_dir.rglob("*.png"))
+    inp, out = tmp_path / "bucket", tmp_path / "out"
+    first = copy_files(digits[2::90][:20], digits_dir, inp)
+    spec = write(tmp_path / "spec.yaml", features=FEATURES[:2], output={"shards": 2, "formats": ["hdf5"]})
+    run(spec, inp, out)
+    new = copy_files(digits[9::90][:10], digits_dir, inp)
+    manifest = run(spec, inp, out, incremental=True)
+    assert manifest["counts"]["written_sources"] == 30 and len(manifest["generations"]) == 2
+    data = read_hdf5(str(out))
+    assert {k for k in data["keys"] if "#" not in k} == first | new
+    assert sorted(p.name for p in (out / "hdf5").glob("*.g0002.h5")) == [
+        "part-00000-of-00002.g0002.h5", "part-00001-of-00002.g0002.h5"]
+
+
 def test_generation_names_and_hdf5_shard_names():
     from featurelib.io.files import shard_generation, shard_relpath
     from featurelib.io.hdf5 import is_shard_name
