@@ -83,22 +83,14 @@ def _remove_temporaries(root: str) -> None:
                 os.remove(os.path.join(directory, name))
 
 
-def check_output(spec: RunSpec, *, overwrite: bool) -> str | None:
-    """Refuse an output this run may not use, make sure it exists and is writable; return the run found there.
-
-    Rules (docs/CONTRACT.md): an output holding a run with another run fingerprint is
-    refused unless ``overwrite``; a folder holding anything but featurelib's own
-    entries is refused. Changes nothing but creating the folder.
-
-    Returns
-    -------
-    str or None
-        The spec part of the run fingerprint of the output found (None: none).
+def refuse_output(spec: RunSpec, *, overwrite: bool) -> str | None:
+    """The read-only part of :func:`check_output`: refuse an output this run may not use; return the
+    run found there. Creates and changes nothing (``featurize validate`` asks it too).
 
     Raises
     ------
     UserError
-        Refused output, or an output that cannot be written.
+        A remote output, a file, a foreign non-empty folder, or another run without ``overwrite``.
     """
     root = spec.output.path
     if "://" in root and not root.startswith("file://"):
@@ -112,10 +104,32 @@ def check_output(spec: RunSpec, *, overwrite: bool) -> str | None:
         if foreign:
             raise UserError(f"output folder {root!r} is not empty and holds no featurelib run "
                             f"(found {foreign[:3]}); choose an empty or new folder")
-    wanted = spec.run_fingerprint()  # the spec's part: artefacts are not fitted yet
+    wanted = spec.run_fingerprint() if found is not None else None  # the spec's part (no artefacts yet)
     if found is not None and found != wanted and not overwrite:
         raise UserError(f"output {root!r} holds a different run (run_fingerprint {found[:12]}..., this spec "
                         f"{wanted[:12]}...); pass --overwrite to replace it, or choose another --output")
+    return found
+
+
+def check_output(spec: RunSpec, *, overwrite: bool) -> str | None:
+    """Refuse an output this run may not use, make sure it exists and is writable; return the run found there.
+
+    Rules (docs/CONTRACT.md, :func:`refuse_output`): an output holding a run with another run
+    fingerprint is refused unless ``overwrite``; a folder holding anything but featurelib's own
+    entries is refused. Changes nothing but creating the folder.
+
+    Returns
+    -------
+    str or None
+        The spec part of the run fingerprint of the output found (None: none).
+
+    Raises
+    ------
+    UserError
+        Refused output, or an output that cannot be written.
+    """
+    root = spec.output.path
+    found = refuse_output(spec, overwrite=overwrite)
     try:
         os.makedirs(root, exist_ok=True)
         probe = layout.temp_path(os.path.join(root, "_write_probe"))
