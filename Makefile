@@ -2,6 +2,10 @@
 #   make demo   set up .venv, build the digits sample, run the pipeline, print a summary, train a classifier
 #   make test   set up .venv, run the whole test suite
 PYTHON ?= python3
+# A recipe line that pipes (make demo filters Beam workers' start-up logging) fails when its
+# command fails, not only when the last stage of the pipe does.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
