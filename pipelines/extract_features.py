@@ -148,8 +148,25 @@ def _strip_own_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _print_help() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.extract_features",
+                                     description="Run a featurelib spec as a Beam pipeline (default runner: the "
+                                                 "embedded FnApiRunner). Every flag of Beam's PipelineOptions is "
+                                                 "accepted too (--runner, --direct_num_workers, "
+                                                 "--direct_running_mode, --temp_location, ...); an unknown one is an "
+                                                 "error (exit 2).")
+    FeaturizeOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
 def main() -> int:
     from featurelib.exits import RESUME_HINT, with_exit_codes
+
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        _print_help()
+        return 0
     from featurelib.incremental import INCREMENTAL_HINT
 
     hint = INCREMENTAL_HINT if "--incremental" in sys.argv[1:] else RESUME_HINT

@@ -181,3 +181,30 @@ def test_dedup_pass_runs_on_beam_and_spark(digits_dir, spec_file, tmp_path, spar
         assert sorted(rejected) == sorted(k for k in listed if "/zz-copy-" in k)
         assert set(rejected.values()) == {"duplicate"}
     assert digest_tree(tmp_path / "beam") == digest_tree(tmp_path / "spark")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--direct_num_worker=2"], "unknown Beam flag(s): --direct_num_worker (did you mean --direct_num_workers?)"),
+    (["--bogus_flag", "x"], "unknown Beam flag(s): --bogus_flag;"),
+    (["--runner=Foo"], "unknown Beam runner 'Foo': Unexpected pipeline runner: Foo. Valid values are "),
+])
+def test_beam_flags_are_checked_like_every_other_flag(flags, message, mixed_dir, parity_spec, tmp_path, capsys):
+    """Beam alone only logs a warning for a misspelt flag and runs on with its default (one worker)."""
+    root, _ = mixed_dir
+    code = cli.main(["run", "--engine", "beam", "--spec", str(parity_spec), "--input", str(root),
+                     "--output", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("featurize: error: " + message), lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_beam_module_help_shows_its_own_options(monkeypatch, capsys):
+    from pipelines import extract_features
+
+    monkeypatch.setattr("sys.argv", ["extract_features", "--help"])
+    assert extract_features.main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m pipelines.extract_features") and "--incremental" in out
+    assert "Every flag of Beam's PipelineOptions is accepted too" in out
