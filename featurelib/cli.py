@@ -103,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
                                          "probabilities) for every row, unlabelled ones included.")
     predict.add_argument("output", metavar="OUT_NEW", help="a committed output with the model's feature fingerprint")
     predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="a saved model, OUT/models/NAME")
+
+    report = sub.add_parser("report", help="write a self-contained HTML report of a committed output",
+                            description="Counts, classes, rejects (with examples), input sizes, feature statistics, "
+                                        "sample images with their variants and time per stage, as one HTML file "
+                                        "(plots inlined; nothing loaded from elsewhere).")
+    report.add_argument("output", metavar="OUT", help="a committed output")
+    report.add_argument("--out", help="HTML file to write (default OUT/report.html)")
+    report.add_argument("--spec", help="the run's spec, when the sample images need its input.storage_options "
+                                       "(default: the spec stored in the manifest)")
+    report.add_argument("--samples", type=int, default=6, help="sample sources in the image grid (default 6; 0: none)")
     return parser
 
 
@@ -237,6 +247,13 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from featurelib.report import write_report
+
+    write_report(args.output, args.out, spec_path=args.spec, n_samples=args.samples)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
@@ -246,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
                 "preview": lambda: _preview(args), "train": lambda: _train(args),
-                "predict": lambda: _predict(args)}
+                "predict": lambda: _predict(args), "report": lambda: _report(args)}
     run_hint = RESUME_HINT
     if args.command == "run" and args.incremental:
         from featurelib.incremental import INCREMENTAL_HINT as run_hint
