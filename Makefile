@@ -32,8 +32,14 @@ demo: install
 	$(BIN)/featurize train out/demo/local --features hog --model logreg --standardize --overwrite
 	@echo "outputs under out/demo/ (read one with: $(BIN)/featurize inspect out/demo/local)"
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# headless Chromium (Debian's package), which tests/test_report.py opens the HTML report in
+.PHONY: chromium
+chromium:
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernel.py
