@@ -33,6 +33,7 @@ from featurelib.io import files as layout
 from featurelib.io.lock import acquire as acquire_lock
 from featurelib.passes import apply_dedup, check_saved_artifacts, hash_shard, prepare_artifacts
 from featurelib.plan import ShardTask, plan, resolve_paths
+from featurelib.progress import PassProgress
 from featurelib.shard import ShardResult, process_shard
 from featurelib.spec import RunSpec
 
@@ -226,13 +227,22 @@ class RunReport:
     seconds: float
 
 
+def log_to_stderr(message: str) -> None:
+    """The default log of a run: one line on stderr (progress redraws in place there on a terminal)."""
+    print(message, file=sys.stderr)
+
+
 def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[[str], None]):
     """``map_pass(function, tasks, name)``: one pass on `engine`, every worker set up the same way."""
 
     def map_pass(function, tasks, name):
         started = time.time()
-        results = engine.map(worker.WorkerCall(function, settings), list(tasks),
-                             work_dir=os.path.join(root, layout.WORK, name))
+        work_dir = os.path.join(root, layout.WORK, name)
+        progress_dir = os.path.join(work_dir, "progress")
+        total = sum(len(getattr(t, "records", ())) for t in tasks)
+        live = log is log_to_stderr and sys.stderr.isatty()
+        with PassProgress(progress_dir, total, name, log, live=live):
+            results = engine.map(worker.WorkerCall(function, settings, progress_dir), list(tasks), work_dir=work_dir)
         # Every task has succeeded once; a killed duplicate (a speculative copy's loser, a retried
         # attempt) may have left half-written temporaries that no one will rename.
         _remove_temporaries(root)
@@ -243,7 +253,7 @@ def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[
 
 
 def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = False, incremental: bool = False,
-            prune: bool = False, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunReport:
+            prune: bool = False, log: Callable[[str], None] | None = None) -> RunReport:
     """Run a spec end to end on `engine` (see :mod:`featurelib.engines`): passes, then commit.
 
     With ``incremental``, only the inputs the committed output does not hold yet are
@@ -258,6 +268,7 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     Exception
         Anything else, after ``_FAILED.json`` is written.
     """
+    log = log or log_to_stderr
     check_modes(resume=resume, overwrite=overwrite, incremental=incremental, prune=prune)
     started = time.time()
     spec = resolve_paths(spec)

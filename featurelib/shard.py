@@ -331,6 +331,7 @@ def process_shard(task: ShardTask) -> ShardResult:
             if index == len(records) // 2:
                 _maybe_inject_fault(task, "middle")
             run.add(prepare(record, state, run.timings))
+            worker.report_progress(index + 1, sum(run.reasons.values()))
         run.flush()
         if not records:
             _maybe_inject_fault(task, "middle")
@@ -343,6 +344,7 @@ def process_shard(task: ShardTask) -> ShardResult:
         raise
     metrics = {
         "pid": os.getpid(),
+        "module_file": __file__,  # where featurelib came from (site-packages, a --py-files zip)
         "state_built": built,
         "sources": len(records),
         "written_sources": run.writer.sources,

@@ -142,10 +142,68 @@ class WorkerCall:
 
     function: Callable[[Any], Any]
     settings: WorkerSettings
+    #: Where this task reports how many of its records are done (a folder every worker can write,
+    #: ``OUT/_work/<pass>/progress``), read by the driver's progress line; None: no reports.
+    progress_dir: str | None = None
 
     def __call__(self, item: Any) -> Any:
         setup(self.settings)
-        return self.function(item)
+        if self.progress_dir is None:
+            return self.function(item)
+        global _PROGRESS
+        _PROGRESS = _ProgressFile(os.path.join(self.progress_dir, f"task-{_task_id(item)}.json"))
+        try:
+            result = self.function(item)
+            _PROGRESS.write(None, final=True)
+            return result
+        finally:
+            _PROGRESS = None
+
+
+# --- progress ------------------------------------------------------------------------
+
+#: Seconds between two progress reports of one task (a report is one small file rename).
+PROGRESS_EVERY_S = 1.0
+
+
+def _task_id(item: Any) -> str:
+    shard = getattr(item, "shard", None)
+    return f"{shard:05d}" if isinstance(shard, int) else f"{abs(hash(item)) % 10**8:08d}"
+
+
+class _ProgressFile:
+    def __init__(self, path: str) -> None:
+        self.path, self.done, self.rejected, self.last = path, 0, 0, 0.0
+
+    def write(self, done: int | None, rejected: int | None = None, *, final: bool = False) -> None:
+        import json
+        import time
+
+        if done is not None:
+            self.done = done
+        if rejected is not None:
+            self.rejected = rejected
+        now = time.monotonic()
+        if not final and now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        temp = f"{self.path}.tmp-{os.getpid()}"
+        # Progress is advice: a full disk or a vanished folder must never fail the task.
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump({"done": self.done, "rejected": self.rejected, "final": final}, handle)
+            os.replace(temp, self.path)
+
+
+_PROGRESS: _ProgressFile | None = None
+
+
+def report_progress(done: int, rejected: int | None = None) -> None:
+    """Tell the driver that `done` records of the current task are finished, `rejected` of them rejected
+    (throttled: one small file rename a second at most; a no-op outside a task)."""
+    if _PROGRESS is not None:
+        _PROGRESS.write(done, rejected)
 
 
 # --- per-process state ---------------------------------------------------------------

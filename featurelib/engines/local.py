@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -148,9 +147,8 @@ class LocalEngine(Engine):
                                                       initializer=_start_worker, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(function, item): index for index, item in enumerate(items)}
-            for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
-                print(f"featurize: {done}/{len(items)} tasks done", file=sys.stderr, end="\r")
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: stop now
             stop_workers(pool)
             raise
@@ -165,7 +163,5 @@ class LocalEngine(Engine):
             # the others never start.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-        finally:
-            print(file=sys.stderr)
         pool.shutdown(wait=True)
         return results
