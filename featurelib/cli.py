@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="process only the inputs the committed output does not hold yet, as a new generation "
                            "of shard files (same spec; artefacts, labels and shard count of the first run)")
     run.add_argument("--prune", action="store_true",
-                     help="with --incremental: drop the rows of inputs no longer listed (not supported yet)")
+                     help="with --incremental: drop the rows of inputs no longer listed (their shards are redone)")
 
     look = sub.add_parser("preview", help="write one PNG of sources next to their augmented variants",
                           description="Decode, preprocess and augment a seeded pick of sources exactly as a run "

@@ -288,14 +288,17 @@ def commit(tasks: Sequence[ShardTask], results: Sequence[ShardResult], *, engine
 
 
 def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult], previous: dict[str, Any], *,
-                      engine: str, metrics: dict[str, Any] | None = None, missing_inputs: int = 0) -> dict[str, Any]:
+                      engine: str, metrics: dict[str, Any] | None = None, missing_inputs: int = 0,
+                      redone: frozenset[int] = frozenset(), pruned: int = 0) -> dict[str, Any]:
     """Commit an ``--incremental`` generation next to the generations `previous` (the committed manifest) lists.
 
     The generation's own ledger must hold (its files account for exactly its listed inputs) and
     its rejects stay within the error budget; over all generations, no key may be there twice
     and ``W ∪ R`` must hold every input ever listed. ``stats.json`` is merged from every
     generation's accumulators (shard order, then generation), ``features.h5`` covers every
-    generation's HDF5 shards, and the older generations' entries are kept as they are.
+    generation's HDF5 shards, and the older generations' entries are kept as they are, except
+    those of the `redone` shards (``--prune``: this generation holds those shards whole), which
+    are dropped from the manifest and deleted once it is committed.
     ``stats.json``, ``features.h5`` and the manifest are written under temporary names first
     and renamed last, the manifest last of all: until then the previous manifest is the output.
 
@@ -324,6 +327,8 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
                                                                 previous["feature_fingerprint"]):
         raise SchemaError("the new generation's fingerprints differ from the output's: refusing to mix them")
     shard_files = listed_shard_files(previous)
+    dropped = {k: v for k, v in shard_files.items() if k[0] in redone}
+    shard_files = {k: v for k, v in shard_files.items() if k[0] not in redone}
     for task in tasks:
         if (task.shard, generation) in shard_files:
             raise SchemaError(f"generation {generation} of shard {task.shard} is already committed")
@@ -335,11 +340,14 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
             raise SchemaError(f"shard {shard} generation {gen}: files {sorted(entry)} listed, expected {list(kinds)}")
     data_kind = _data_kind(formats)
     scan = _scan(root, [(e[data_kind]["path"], e["rejects"]["path"]) for e in shard_files.values()])
-    listed = int(previous["counts"]["listed"]) + new_ledger.listed
+    data_pairs = [(e[data_kind]["path"], e["rejects"]["path"]) for e in dropped.values()]
+    gone = _scan(root, data_pairs) if data_pairs else _Scan(set(), 0, {})
+    listed = int(previous["counts"]["listed"]) - len(gone.written_sources) - len(gone.rejected) + new_ledger.listed
     accounted = len(scan.written_sources) + len(scan.rejected)
     if accounted != listed:
         raise SchemaError(f"ledger mismatch over all generations: {accounted} sources written or rejected, "
-                          f"{listed} listed ({previous['counts']['listed']} before this generation)")
+                          f"{listed} listed ({previous['counts']['listed']} before this generation, "
+                          f"{len(gone.written_sources) + len(gone.rejected)} in the shards it redoes)")
     ledger = Ledger(listed, len(scan.written_sources), scan.written_rows, len(scan.rejected),
                     dict(sorted(Counter(scan.rejected.values()).items())))
     files = [entry[kind] for entry in shard_files.values() for kind in kinds]
@@ -370,6 +378,8 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
             {"generation": 1, "created_at": previous["created_at"], "engine": previous["engine"],
              **previous["counts"]}])
         generations.append(_generation_entry(generation, created_at, engine, new_ledger))
+        if redone:
+            generations[-1].update(pruned=pruned, redone_shards=sorted(redone))
         shard_metrics = [by_shard[s].metrics for s in sorted(by_shard)]
         manifest = _manifest(spec, schema, tasks, engine=engine, ledger=ledger, files=files,
                              metrics={**(metrics or {}), "generation": generation, "shards": shard_metrics},
@@ -387,6 +397,10 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
         os.replace(tmp, os.path.join(root, rel))
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(root, layout.FAILED))  # a failed attempt at this generation, now done
+    for entry in dropped.values():  # no longer listed (a crash here: the next incremental run removes them)
+        for info in entry.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(root, info["path"]))
     remove_work(root)
     return manifest
 

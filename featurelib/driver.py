@@ -274,7 +274,7 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     spec = resolve_paths(spec)
     check_saved_artifacts(spec)
     if incremental:
-        return _execute_incremental(spec, engine, log=log, started=started)
+        return _execute_incremental(spec, engine, prune=prune, log=log, started=started)
     tasks = plan(spec)
     warn_unused_labels(spec, tasks, log)
     check_output(spec, overwrite=overwrite)
@@ -296,13 +296,10 @@ def check_modes(*, resume: bool, overwrite: bool, incremental: bool, prune: bool
         raise UserError("--incremental cannot be combined with --resume or --overwrite")
     if prune and not incremental:
         raise UserError("--prune works with --incremental only")
-    if prune:
-        raise UserError("--prune is not supported yet: dropping the rows of deleted inputs would need the "
-                        "statistics of their shards recomputed from images that are gone; to drop them, rerun "
-                        "without --incremental")
 
 
-def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], started: float) -> RunReport:
+def _execute_incremental(spec: RunSpec, engine, *, prune: bool, log: Callable[[str], None],
+                         started: float) -> RunReport:
     from featurelib import incremental
 
     incremental.committed_manifest(spec)  # refuse before taking the lock: no output, another spec
@@ -316,15 +313,17 @@ def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], s
         _remove_temporaries(root)
         if removed:
             log(f"featurize: removed {len(removed)} file(s) of an incremental run that did not complete")
-        generation = incremental.plan_generation(spec, previous)
-        incremental.report_missing(generation.missing, log)
-        if not generation.new:
+        generation = incremental.plan_generation(spec, previous, prune=prune)
+        incremental.report_missing(generation.missing, log, pruned=prune)
+        if not generation.new and not generation.redone:
             log(f"featurize: nothing new to add: all {generation.listed} listed inputs are in the output "
                 f"(generation {generation.generation - 1}); the output is unchanged")
             incremental.forget_failed_attempt(root)
             return RunReport(previous, time.time() - started)
-        log(f"featurize: incremental generation {generation.generation}: {generation.new} new of "
-            f"{generation.listed} listed inputs in {previous['n_shards']} shards on engine {engine.name}")
+        again = (f" (and {generation.again} inputs of the {len(generation.redone)} shard(s) --prune redoes)"
+                 if generation.redone else "")
+        log(f"featurize: incremental generation {generation.generation}: {generation.new - generation.again} new "
+            f"of {generation.listed} listed inputs{again} in {previous['n_shards']} shards on engine {engine.name}")
         extra = failed_generation(previous, generation.generation)
         tasks = generation.tasks
         check_list_stage_budget(spec, tasks, extra=extra)
@@ -333,7 +332,8 @@ def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], s
         try:
             if spec.dedup == "content":
                 hashes = map_pass(hash_shard, tasks, "dedup")
-                tasks, rest = incremental.mark_existing_duplicates(tasks, hashes, generation.existing)
+                tasks, rest = incremental.mark_existing_duplicates(tasks, hashes, generation.existing,
+                                                                   redone=generation.redone)
                 tasks = apply_dedup(tasks, [rest])
             incremental.check_artifacts(spec, previous)
             refs = prepare_artifacts(spec, tasks, map_pass, reuse=True)
@@ -344,7 +344,8 @@ def _execute_incremental(spec: RunSpec, engine, *, log: Callable[[str], None], s
             fresh = map_pass(process_shard, pending, "main")
             manifest = commit_generation(tasks, sorted(fresh, key=lambda r: r.shard), previous, engine=engine.name,
                                          metrics=_metrics(started, fresh, []),
-                                         missing_inputs=len(generation.missing))
+                                         missing_inputs=0 if prune else len(generation.missing),
+                                         redone=generation.redone, pruned=len(generation.missing) if prune else 0)
         except (PolicyError, UserError):
             raise
         except BaseException as exc:

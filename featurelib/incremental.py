@@ -17,8 +17,11 @@ Decisions (docs/CONTRACT.md, "Incremental runs"):
 * Labels are frozen: a new class folder is ``invalid_label``.
 * ``dedup: content`` compares a new input's bytes with every written source
   (the ``sha256`` column of the Parquet shards): the row already written wins.
-* Inputs that are gone are reported (``missing_inputs``), their rows kept.
-* With nothing new, nothing is written and the manifest is left as it is.
+* Inputs that are gone are reported (``missing_inputs``), their rows kept; with
+  ``--prune``, every shard holding one is redone whole in the new generation
+  (its inputs still listed processed again) and its older files dropped.
+* With nothing new (and nothing to prune), nothing is written and the manifest
+  is left as it is.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from featurelib import registry
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
 from featurelib.plan import ArtifactRef, ShardTask, group, list_sources
+from featurelib.sources import shard_of
 from featurelib.spec import RunSpec
 
 #: What ``featurize run --incremental`` says after a failure or an interrupt.
@@ -80,15 +84,26 @@ def generation_of(manifest: dict[str, Any]) -> int:
 
 @dataclasses.dataclass
 class Existing:
-    """What the output holds, read from the files its manifest lists."""
+    """What the output holds, read from the files its manifest lists: per shard, the source keys
+    written and rejected (any generation) and, with ``dedup: content``, ``(sha256, key)`` of the written ones."""
 
-    written: set[str]
-    rejected: set[str]
-    first_with_digest: dict[str, str]  # sha256 of the bytes -> smallest written source key
+    written: dict[int, set[str]]
+    rejected: dict[int, set[str]]
+    digests: dict[int, list[tuple[str, str]]]
 
     @property
     def keys(self) -> set[str]:
-        return self.written | self.rejected
+        return {k for part in (self.written, self.rejected) for keys in part.values() for k in keys}
+
+    def first_with_digest(self, *, without: set[int] = frozenset()) -> dict[str, str]:
+        """sha256 -> smallest written source key with those bytes, outside the shards `without`."""
+        first: dict[str, str] = {}
+        for shard, pairs in self.digests.items():
+            if shard not in without:
+                for digest, key in pairs:
+                    if digest not in first or key < first[digest]:
+                        first[digest] = key
+        return first
 
 
 def read_existing(root: str, manifest: dict[str, Any], *, digests: bool) -> Existing:
@@ -98,24 +113,22 @@ def read_existing(root: str, manifest: dict[str, Any], *, digests: bool) -> Exis
 
     formats = manifest["spec"]["output"]["formats"]
     data_kind = "parquet" if "parquet" in formats else "hdf5"
-    written: set[str] = set()
-    rejected: set[str] = set()
-    first: dict[str, str] = {}
-    for entry in listed_shard_files(manifest).values():
+    found = Existing({}, {}, {})
+    for (shard, _), entry in listed_shard_files(manifest).items():
+        written = found.written.setdefault(shard, set())
         path = os.path.join(root, entry[data_kind]["path"])
         if digests:
             table = pq.read_table(path, columns=["source_key", "aug_index", "sha256"])
             for key, aug, digest in zip(*(table.column(c).to_pylist() for c in ("source_key", "aug_index", "sha256"))):
                 if aug == 0:
                     written.add(key)
-                    if digest not in first or key < first[digest]:
-                        first[digest] = key
+                    found.digests.setdefault(shard, []).append((digest, key))
         else:
             keys = read_shard_keys(path)
             written.update(s for s, a in zip(keys["source_key"], keys["aug_index"]) if a == 0)
         rejects = pq.read_table(os.path.join(root, entry["rejects"]["path"]), columns=["source_key"])
-        rejected.update(rejects.column("source_key").to_pylist())
-    return Existing(written, rejected, first)
+        found.rejected.setdefault(shard, set()).update(rejects.column("source_key").to_pylist())
+    return found
 
 
 def remove_unlisted(root: str, manifest: dict[str, Any]) -> list[str]:
@@ -141,31 +154,43 @@ def remove_unlisted(root: str, manifest: dict[str, Any]) -> list[str]:
 
 @dataclasses.dataclass
 class GenerationPlan:
-    """One incremental run: its tasks (the new inputs only), generation, and the inputs now gone."""
+    """One incremental run: its tasks, generation, the inputs now gone and, with ``--prune``, the
+    shards redone whole (their older files dropped: the inputs still listed processed again)."""
 
     tasks: list[ShardTask]
     generation: int
     listed: int
     existing: Existing
     missing: list[str]
+    redone: frozenset[int] = frozenset()
+    again: int = 0  # inputs of the redone shards already in the output, processed again
 
     @property
     def new(self) -> int:
         return sum(len(t.records) for t in self.tasks)
 
 
-def plan_generation(spec: RunSpec, manifest: dict[str, Any]) -> GenerationPlan:
-    """List the inputs under the output's frozen labels and shard count; keep those not in the output."""
+def plan_generation(spec: RunSpec, manifest: dict[str, Any], *, prune: bool = False) -> GenerationPlan:
+    """List the inputs under the output's frozen labels and shard count; keep those not in the output.
+
+    With `prune`, every shard holding an input that is no longer listed is redone whole in this
+    generation: its inputs still listed are processed again (the same bytes give the same rows),
+    the deleted ones are gone from it, and the commit drops the shard's older files.
+    """
     label_names = list(manifest["label_names"])
+    n_shards = int(manifest["n_shards"])
     listing = list_sources(spec, labels=label_names)
     existing = read_existing(spec.output.path, manifest, digests=spec.dedup == "content")
     keys = existing.keys
-    new = [_frozen_label(r, len(label_names)) if spec.labels is None else r
-           for r in listing.records if r.source_key not in keys]
     listed = {r.source_key for r in listing.records}
+    missing = sorted(keys - listed)
+    redone = frozenset(shard_of(key, n_shards) for key in missing) if prune else frozenset()
+    records = [_frozen_label(r, len(label_names)) if spec.labels is None else r
+               for r in listing.records if r.source_key not in keys or shard_of(r.source_key, n_shards) in redone]
     generation = generation_of(manifest) + 1
-    tasks = group(spec, new, label_names, int(manifest["n_shards"]), generation=generation)
-    return GenerationPlan(tasks, generation, len(listing.records), existing, sorted(keys - listed))
+    tasks = group(spec, records, label_names, n_shards, generation=generation)
+    again = sum(r.source_key in keys for r in records)
+    return GenerationPlan(tasks, generation, len(listing.records), existing, missing, redone, again)
 
 
 def _frozen_label(record, n_labels: int):
@@ -178,12 +203,14 @@ def _frozen_label(record, n_labels: int):
 
 
 def mark_existing_duplicates(tasks: Sequence[ShardTask], hashes: Sequence[list[tuple[str, str]]],
-                             existing: Existing) -> tuple[list[ShardTask], list[tuple[str, str]]]:
-    """``dedup: content`` across generations: a new input with the bytes of a written source is its
-    ``duplicate``. Returns the tasks and the hashes left to the usual rule among the new inputs."""
+                             existing: Existing, *, redone: frozenset[int] = frozenset()
+                             ) -> tuple[list[ShardTask], list[tuple[str, str]]]:
+    """``dedup: content`` across generations: an input of this generation with the bytes of a written
+    source kept from an older one is its ``duplicate``. Returns the tasks and the hashes left to the
+    usual rule among this generation's inputs (new ones, and those of `redone` shards)."""
     pairs = [pair for shard_pairs in hashes for pair in shard_pairs]
-    duplicate_of = {key: existing.first_with_digest[digest] for key, digest in pairs
-                    if digest in existing.first_with_digest}
+    kept = existing.first_with_digest(without=redone)
+    duplicate_of = {key: kept[digest] for key, digest in pairs if digest in kept}
     out = []
     for task in tasks:
         records = tuple(
@@ -234,11 +261,11 @@ def forget_failed_attempt(root: str) -> None:
         os.remove(path)
 
 
-def report_missing(missing: Sequence[str], log: Callable[[str], None]) -> None:
+def report_missing(missing: Sequence[str], log: Callable[[str], None], *, pruned: bool = False) -> None:
     if missing:
         examples = ", ".join(map(repr, missing[:5])) + (", ..." if len(missing) > 5 else "")
-        log(f"featurize: {len(missing)} input(s) in the output are no longer listed (deleted?): {examples}; "
-            f"their rows are kept")
+        fate = "--prune drops them" if pruned else "their rows are kept (--prune drops them)"
+        log(f"featurize: {len(missing)} input(s) in the output are no longer listed (deleted?): {examples}; {fate}")
 
 
 __all__ = ["INCREMENTAL_HINT", "committed_manifest", "plan_generation", "remove_unlisted", "GenerationPlan"]

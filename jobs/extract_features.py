@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--overwrite", action="store_true")
     mode.add_argument("--incremental", action="store_true",
                       help="process only the inputs the committed output does not hold yet (a new generation)")
-    parser.add_argument("--prune", action="store_true", help="with --incremental (not supported yet)")
+    parser.add_argument("--prune", action="store_true", help="with --incremental: drop the rows of deleted inputs")
     args = parser.parse_args(argv)
     engine = None
 

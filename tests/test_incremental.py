@@ -24,7 +24,7 @@ from featurelib.errors import UserError
 from featurelib.io.dataset import open_dataset
 from featurelib.io.readers import read_hdf5, read_parquet
 from featurelib.spec import RunSpec
-from ledger import assert_ledger_across_generations
+from ledger import assert_ledger, assert_ledger_across_generations
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -258,7 +258,6 @@ def test_refusals_exit_2_with_one_message(grown, tmp_path, capsys):
     assert "was written by a different spec" in err and "--incremental keeps the first run's spec" in err
     assert "not allowed with argument" in refused("--output", str(grown["out"]), "--incremental", "--resume")
     assert "not allowed with argument" in refused("--output", str(grown["out"]), "--incremental", "--overwrite")
-    assert "--prune is not supported yet" in refused("--output", str(grown["out"]), "--incremental", "--prune")
     assert "--prune works with --incremental only" in refused("--output", str(grown["out"]), "--prune")
     assert "--resume continues a failed first run only" in refused("--output", str(grown["out"]), "--resume")
     assert (grown["out"] / "_manifest.json").exists()
@@ -342,6 +341,56 @@ def test_dedup_content_across_generations(digits_dir, tmp_path):
     assert rejects[same]["reason"] == "duplicate" and repr(old_key) in rejects[same]["detail"]
     assert "earlier generation" in rejects[same]["detail"]
     assert repr(f"{fresh.parent.name}/a-copy.png") in rejects[f"{fresh.parent.name}/b-copy.png"]["detail"]
+
+
+def test_prune_redoes_the_shards_of_deleted_inputs_and_equals_a_from_scratch_run(digits_dir, tmp_path, capsys):
+    from featurelib.sources import shard_of
+
+    digits = sorted(digits_dir.rglob("*.png"))
+    inp, out = tmp_path / "bucket", tmp_path / "out"
+    first = copy_files(digits[4::40][:44], digits_dir, inp)
+    spec = write(tmp_path / "spec.yaml")
+    m1 = run(spec, inp, out)
+    before = snapshot(out)
+    new = copy_files(digits[13::80][:12], digits_dir, inp)
+    deleted = sorted(k for k in first if shard_of(k, 4) == 2)[:2]
+    for key in deleted:
+        (inp / key).unlink()
+    code = cli.main(["run", "--spec", str(spec), "--input", str(inp), "--output", str(out), "--incremental",
+                     "--prune", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "2 input(s) in the output are no longer listed (deleted?)" in err and "--prune drops them" in err
+    m2 = json.loads((out / "_manifest.json").read_text())
+    current = (first | new) - set(deleted)
+    assert_ledger(out, current)
+    assert m2["missing_inputs"] == 0 and m2["counts"]["listed"] == len(current) == 54
+    assert m2["generations"][-1]["pruned"] == 2 and m2["generations"][-1]["redone_shards"] == [2]
+    # shard 2 lives in generation 2 only; the other shards' first files are untouched
+    after = snapshot(out)
+    for rel, state in before.items():
+        if "part-00002-of-00004.parquet" in rel or "part-00002-of-00004.h5" in rel or "part-00002-of-00004.json" in rel:
+            assert rel not in after
+        elif rel.split("/")[0] in ("parquet", "hdf5", "rejects", "stats", "artifacts") and rel != "hdf5/features.h5":
+            assert after[rel] == state, rel
+    assert {f["path"] for f in m2["files"] if f["shard"] == 2} == {
+        "parquet/part-00002-of-00004.g0002.parquet", "hdf5/part-00002-of-00004.g0002.h5",
+        "rejects/part-00002-of-00004.g0002.parquet", "stats/part-00002-of-00004.g0002.json"}
+    # the same as a from-scratch run over what is listed now, with the first run's artefact
+    ref_inp = tmp_path / "now"
+    shutil.copytree(inp, ref_inp)
+    features = [dict(f) for f in FEATURES]
+    features[2] = {**features[2], "params": {"sample_images": 24, "constant": str(out / m1["artifacts"][0]["path"])}}
+    ref = run(write(tmp_path / "ref.yaml", features=features), ref_inp, tmp_path / "ref")
+    assert ref["counts"] == m2["counts"] and ref["feature_fingerprint"] == m2["feature_fingerprint"]
+    mine, theirs = rows_by_key(out), rows_by_key(tmp_path / "ref")
+    assert set(mine) == set(theirs)
+    for key in mine:
+        assert {**mine[key], "uri": None} == {**theirs[key], "uri": None}, key
+    ours, expected = (json.loads((o / "stats.json").read_text()) for o in (out, tmp_path / "ref"))
+    assert ours["inputs"] == expected["inputs"] and ours["labels"] == expected["labels"]
+    np.testing.assert_allclose(ours["pixels"]["mean"], expected["pixels"]["mean"], rtol=1e-9)
+    assert len(open_dataset(out, verify="sha256").read(split=None).keys) == len(read_hdf5(str(out))["keys"])
 
 
 def test_hdf5_only_output_grows_too(digits_dir, tmp_path):
