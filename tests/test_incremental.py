@@ -220,6 +220,32 @@ def test_readers_see_every_generation(grown):
     assert sorted(dataset.read(split=None, include_unlabelled=True, source="hdf5").keys) == sorted(data.keys)
 
 
+def test_features_h5_reading_an_unlisted_generation_is_refused(grown, tmp_path):
+    """A planted generation file: features.h5 rewritten to read it too, the manifest's size and hash of
+    features.h5 updated to match. Readers still refuse it: the file is not listed."""
+    from featurelib.errors import SchemaError
+    from featurelib.io.hdf5 import write_virtual_index
+    from featurelib.schema import OutputSchema
+
+    out = tmp_path / "copy"
+    shutil.copytree(grown["out"], out)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    planted = "hdf5/part-00000-of-00004.g0003.h5"
+    shutil.copyfile(out / "hdf5/part-00000-of-00004.g0002.h5", out / planted)
+    shards = [f["path"] for f in manifest["files"] if f["kind"] == "hdf5"] + [planted]
+    spec = RunSpec.from_dict(manifest["spec"])
+    schema = OutputSchema.from_spec(spec, {a["column"]: a["sha256"] for a in manifest["artifacts"]})
+    write_virtual_index(str(out), shards, schema, manifest["label_names"])
+    index = next(f for f in manifest["files"] if f["kind"] == "hdf5_index")
+    index["bytes"] = (out / index["path"]).stat().st_size
+    index["sha256"] = hashlib.sha256((out / index["path"]).read_bytes()).hexdigest()
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="g0003.h5, which the manifest .* does not list"):
+        open_dataset(out)
+    with pytest.raises(SchemaError, match="virtual dataset /.* reads 'part-00000-of-00004.g0003.h5'"):
+        read_hdf5(str(out))
+
+
 def test_inspect_shows_generations_and_compare_still_works(grown, capsys):
     assert cli.main(["inspect", str(grown["out"])]) == 0
     text = capsys.readouterr().out
