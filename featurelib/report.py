@@ -747,11 +747,15 @@ def _samples(ctx: _Context) -> str:
                 "each followed by its augmented variants.")
         skipped = Counter()
     else:
+        recorded = any(cand.uri for cand in candidates)
         rows, skipped = _redecoded_rows(ctx, spec, candidates, n)
         how = "re-decoded"
-        text = ("This run did not store pixels: a seeded pick of sources re-read from their recorded uri and "
-                "decoded, preprocessed and augmented with the run's spec by the run's own code (featurelib.preview), "
-                "each followed by its variants. Sources whose bytes changed since the run are left out.")
+        where = ("re-read from their recorded uri" if recorded else
+                 "re-read from the spec's input, listed again (an HDF5-only output records no uri, nor the bytes' "
+                 "sha256: a file changed since the run would show its new content)")
+        text = (f"This run did not store pixels: a seeded pick of sources {where}, and decoded, preprocessed and "
+                "augmented with the run's spec by the run's own code (featurelib.preview), each followed by its "
+                "variants." + (" Sources whose bytes changed since the run are left out." if recorded else ""))
     if not rows:
         reasons = ", ".join(f"{r} x{k}" for r, k in skipped.most_common()) or "none found"
         ctx.samples = "skipped: the original files cannot be read"
@@ -843,7 +847,19 @@ def _redecoded_rows(ctx: _Context, spec, candidates: Sequence[_Candidate], n: in
     from featurelib.shard import close_decoder, make_decoder, read_and_decode
 
     if not any(cand.uri for cand in candidates):
-        return [], Counter({"without a recorded uri (HDF5-only output)": len(candidates)})
+        # An HDF5-only output records no uri: list the spec's input again, as featurize preview does.
+        from featurelib.sources import list_inputs
+
+        try:
+            listing = list_inputs(spec.input.path, storage_options=spec.input.storage_options, labels=spec.labels,
+                                  seed=spec.seed, fractions=spec.split.fractions(), by_content=spec.split.by == "content")
+        except Exception as exc:  # the input is gone or unreachable
+            return [], Counter({f"not listed now ({type(exc).__name__}: {exc})": len(candidates)})
+        uris = {record.source_key: record.uri for record in listing.records if record.reject is None}
+        candidates = [dataclasses.replace(cand, uri=uris[cand.source_key]) for cand in candidates
+                      if cand.source_key in uris]
+        if not candidates:
+            return [], Counter({"no longer listed": 1})
     rows, skipped = [], Counter()
     decoder = make_decoder(spec)
     try:
