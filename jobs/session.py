@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-#: Settings and why. Callers (and spark-submit --conf) may override any of them.
+#: Settings and why. Callers (`conf`) and spark-submit (--conf, spark-defaults.conf) override any of them.
 DEFAULTS: dict[str, str] = {
     # Shard tasks return small results; Arrow batches of image-sized rows must stay
     # small (the default of 10,000 rows is gigabytes) wherever DataFrames carry images.
@@ -59,6 +59,22 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
         builder = builder.master(master)
     elif "SPARK_HOME" not in os.environ and not os.environ.get("PYSPARK_SUBMIT_ARGS"):
         builder = builder.master("local[*]")
-    for key, value in {**executor_env, **DEFAULTS, **dict(conf or {})}.items():
+    submitted = _submitted_keys()
+    defaults = {key: value for key, value in {**executor_env, **DEFAULTS}.items() if key not in submitted}
+    for key, value in {**defaults, **dict(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def _submitted_keys() -> set[str]:
+    """The settings spark-submit was given (``--conf``, ``--properties-file``, spark-defaults.conf).
+
+    They win over :data:`DEFAULTS` (a builder's settings would replace them): under spark-submit
+    the Python driver talks to the JVM spark-submit started (PYSPARK_GATEWAY_PORT), which holds
+    them as system properties. Anywhere else there is nothing submitted: the session starts its JVM."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return set()
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return {key for key, _ in SparkConf().getAll()}

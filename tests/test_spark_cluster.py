@@ -9,9 +9,13 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
+import zipfile
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -38,19 +42,28 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def submit(cluster, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("PYSPARK_SUBMIT_ARGS", None)
+def submit(cluster, *args: str, timeout: float = 240, spark_args: Sequence[str] = (), java_options: str = "",
+           env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """spark-submit JOB *args; `spark_args` go before the job (spark-submit's own), `java_options` join
+    FAST_JVM in the driver's and executors' JVM options, `env` overrides the environment (None: unset)."""
+    environment = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable,
+                   "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    environment.pop("PYSPARK_SUBMIT_ARGS", None)
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    jvm = " ".join(filter(None, [FAST_JVM, java_options]))
     command = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.master_url,
                "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.cores=1",
                # Schedule only once both executors are up: tasks then run on both workers.
                "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
-               "--conf", f"spark.executor.extraJavaOptions={FAST_JVM}", "--driver-java-options", FAST_JVM,
-               str(JOB), *args]
+               "--conf", f"spark.executor.extraJavaOptions={jvm}", "--driver-java-options", jvm,
+               *spark_args, str(JOB), *args]
     t0 = time.monotonic()
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     print(f"spark-submit {' '.join(args[:2])}: exit {done.returncode} in {time.monotonic() - t0:.1f} s")
     return done
 
@@ -147,3 +160,83 @@ def test_a_speculative_copy_of_a_straggler_leaves_one_complete_shard_and_no_temp
     execute(RunSpec.from_yaml(str(spec)).with_overrides(input=str(root), output=str(local_out)), LocalEngine(2),
             log=lambda m: None)
     assert digest_tree(out) == digest_tree(local_out)
+
+
+def bare_python(where: pathlib.Path) -> pathlib.Path:
+    """A Python with this venv's third-party packages but without featurelib: a fresh venv whose one
+    ``.pth`` names this venv's site-packages as a plain path, so that the folder's own ``.pth`` files
+    (the editable install's finder among them) never run."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    site = pathlib.Path(sysconfig.get_paths()["purelib"])
+    (where / site.relative_to(sys.prefix) / "featurelib-deps.pth").write_text(f"{site}\n")
+    return where / "bin" / "python"
+
+
+def test_the_code_shipped_as_a_py_files_zip_is_what_the_workers_run(cluster, mixed_dir, spec_file, tmp_path):
+    """make dist's zip, submitted with --py-files to executors whose Python has every dependency but not
+    featurelib, with no venv bin on PATH and the quiet log4j2 config: each shard imported featurelib from
+    the zip, the output equals the local engine's byte for byte, and Spark said nothing below WARN."""
+    from deploy.spark.build_dist import build
+
+    t0 = time.monotonic()
+    code = tmp_path / "dist" / "featurelib-code.zip"
+    digest = build(code)
+    assert build(tmp_path / "again.zip") == digest  # the same checkout, the same bytes
+    with zipfile.ZipFile(code) as archive:
+        names = archive.namelist()
+    assert names == sorted(names) and {"featurelib/shard.py", "jobs/extract_features.py",
+                                       "pipelines/extract_features.py"} <= set(names)
+    assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n or not n.endswith(".py")]
+
+    python = bare_python(tmp_path / "bare")
+    venv_bin = (pathlib.Path(sys.prefix) / "bin").resolve()
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if pathlib.Path(p).resolve() != venv_bin)
+    assert shutil.which("featurize", path=path) is None
+    plugins = str(ROOT / "tests" / "plugins")  # the test extractors the workers register (FEATURELIB_PLUGINS)
+    # The control: that Python imports featurelib only from the zip, and every dependency without it.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+    alone = subprocess.run([str(python), "-c", "import featurelib"], env=clean, cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert alone.returncode == 1 and "No module named 'featurelib'" in alone.stderr, alone.stderr
+    zipped = subprocess.run([str(python), "-c", "import numpy, cv2, pyarrow, h5py, skimage, pyspark, featurelib.shard "
+                             "as s; print(s.__file__)"], env={**clean, "PYTHONPATH": str(code)}, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert zipped.returncode == 0 and zipped.stdout.strip() == f"{code}/featurelib/shard.py", zipped.stderr
+
+    root, expected = mixed_dir
+    # decode.isolation: subprocess: each worker's decoder child must find featurelib in the zip too
+    spec = spec_file(failures={"max_reject_fraction": 0.25}, output={"shards": 6}, decode={"isolation": "subprocess"})
+    out = tmp_path / "spark"
+    log4j = ROOT / "deploy" / "spark" / "log4j2.properties"
+    before = set(apps(cluster))
+    done = submit(cluster, "--spec", str(spec), "--input", str(root), "--output", str(out),
+                  spark_args=["--py-files", str(code), "--conf", f"spark.pyspark.python={python}",
+                              "--conf", f"spark.executorEnv.PATH={path}",
+                              "--conf", f"spark.executorEnv.PYTHONPATH={plugins}"],
+                  java_options=f"-Dlog4j2.configurationFile={log4j}",
+                  env={"PATH": path, "PYTHONPATH": plugins, "PYSPARK_PYTHON": None, "PYSPARK_DRIVER_PYTHON": None})
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+
+    manifest = json.loads((out / "_manifest.json").read_text())
+    shards = manifest["metrics"]["shards"]
+    assert len(shards) == 6 and len({s["pid"] for s in shards}) >= 2
+    for shard in shards:
+        file = shard["module_file"]
+        assert file.endswith("/featurelib-code.zip/featurelib/shard.py") and not file.startswith(str(ROOT)), file
+    assert_ledger(out, set(expected))
+    local_out = tmp_path / "local"
+    local = execute(RunSpec.from_yaml(str(spec)).with_overrides(input=str(root), output=str(local_out)),
+                    LocalEngine(2), log=lambda m: None).manifest
+    assert len(digest_tree(out)) == 12 and digest_tree(out) == digest_tree(local_out)
+    assert comparable(manifest) == comparable(local)
+
+    # Quiet: nothing below WARN from the driver or this application's executors, no NativeCodeLoader line.
+    (app,) = set(apps(cluster)) - before
+    executor_logs = "".join(p.read_text(errors="replace") for p in cluster.state_dir.glob(f"work-*/{app}/*/stderr"))
+    for text in (done.stdout + done.stderr, executor_logs):
+        assert "NativeCodeLoader" not in text and " INFO " not in text and "default log4j profile" not in text, \
+            text[-3000:]
+    assert executor_logs.strip() == "" or all(" WARN " in line or " ERROR " in line or line.startswith(JVM_NOISE)
+                                              for line in executor_logs.splitlines() if line.startswith("2")), \
+        executor_logs[-3000:]
+    print(f"--py-files zip {digest[:12]}: {time.monotonic() - t0:.1f} s in all")
