@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/featurize train out/demo/local --features hog --model logreg --standardize --overwrite
 	@echo "outputs under out/demo/ (read one with: $(BIN)/featurize inspect out/demo/local)"
 
-test: install chromium
+test: install chromium airflow-venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # headless Chromium (Debian's package), which tests/test_report.py opens the HTML report in
@@ -96,3 +96,19 @@ dist-env: install dist
 	build/venv-pack/bin/venv-pack --prefix $(VENV) --output dist/featurelib-env.tar.gz --force --quiet \
 		--exclude '*/__editable__*' --exclude '*/featurelib-*.dist-info/*'
 	@ls -l dist/featurelib-env.tar.gz
+
+# Airflow for the DAG test (tests/test_deploy_files.py loads deploy/airflow/ with Airflow's DagBag), in
+# its own virtualenv: Airflow brings ~130 packages that must stay out of .venv. The versions are
+# deploy/airflow/constraints.txt (a pip freeze: Airflow's own constraints files are not on PyPI).
+# About 1 minute on a fresh machine.
+AIRFLOW_VENV    := .venv-airflow
+AIRFLOW_VERSION := 3.3.2
+AIRFLOW_STAMP   := $(AIRFLOW_VENV)/.installed-$(AIRFLOW_VERSION)
+.PHONY: airflow-venv
+airflow-venv: $(AIRFLOW_STAMP)
+$(AIRFLOW_STAMP): deploy/airflow/constraints.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(AIRFLOW_VENV)/bin/python -m pip install -q "apache-airflow==$(AIRFLOW_VERSION)" -c deploy/airflow/constraints.txt
+	$(AIRFLOW_VENV)/bin/python -m pip check
+	touch $@
