@@ -7,6 +7,9 @@
     featurize preview --spec spec.yaml --input data/photos --n 8 --out preview.png
     featurize train out/digits --features hog --model logreg [--trainer sklearn|spark]
     featurize predict out/new --model out/digits/models/logreg-hog
+    featurize validate spec.yaml [--input P] [--output P]     (every problem, with its line; runs nothing)
+    featurize plan --spec spec.yaml [--sample 16] [--json]    (inputs, classes, shards, sizes, time estimate)
+    featurize extractors [NAME] [--json]                       (every extractor, or one's parameters)
 
 Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
 arguments, input, output); 3 failed by policy (error budget); 130 interrupted
@@ -113,6 +116,33 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--spec", help="the run's spec, when the sample images need its input.storage_options "
                                        "(default: the spec stored in the manifest)")
     report.add_argument("--samples", type=int, default=6, help="sample sources in the image grid (default 6; 0: none)")
+
+    check = sub.add_parser("validate", help="check a spec and its paths without running anything",
+                           description="List every problem of a spec at once, each with its YAML line and key "
+                                       "path, then check the input and output paths (nothing is created).")
+    check.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    check.add_argument("--input", help="overrides input.path")
+    check.add_argument("--output", help="overrides output.path")
+    check.add_argument("--overwrite", action="store_true", help="an output holding another run is fine (run "
+                                                                "--overwrite will replace it)")
+
+    dry = sub.add_parser("plan", help="list the inputs and estimate a run without running it",
+                         description="Inputs, bytes, classes, splits, list-stage rejects, shards, feature columns, "
+                                     "output size, and a run time estimate measured on a seeded sample of inputs "
+                                     "in this process. Nothing is written.")
+    dry.add_argument("--spec", required=True, help="YAML spec file")
+    dry.add_argument("--input", help="overrides input.path")
+    dry.add_argument("--output", help="overrides output.path")
+    dry.add_argument("--shards", type=int, help="overrides output.shards")
+    dry.add_argument("--sample", type=int, default=16, help="inputs to time (default 16; 0: no estimate)")
+    dry.add_argument("--workers", type=int, help="local engine workers to estimate for (default: one per core)")
+    dry.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    extractors = sub.add_parser("extractors", help="list the extractors, or show one's parameters",
+                                description="Every registered extractor (built-in and plugins), or with NAME its "
+                                            "parameters, defaults, meaning and output length.")
+    extractors.add_argument("name", metavar="NAME", nargs="?", help="one extractor")
+    extractors.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 
@@ -254,6 +284,36 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from featurelib.validate import validate
+
+    result = validate(args.spec, input=args.input, output=args.output, overwrite=args.overwrite)
+    print("\n".join(result.lines()), file=sys.stderr if result.problems else sys.stdout)
+    return EXIT_USER if result.problems else EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from featurelib.planning import format_plan, plan_report
+    from featurelib.spec import RunSpec
+
+    spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards)
+    report = plan_report(spec, sample=args.sample, workers=args.workers)
+    print(json.dumps(report, indent=2) if args.json else format_plan(report))
+    return EXIT_OK
+
+
+def _extractors(args: argparse.Namespace) -> int:
+    from featurelib import catalog
+
+    if args.name:
+        entry = catalog.describe(args.name)
+        print(json.dumps(entry, indent=2) if args.json else catalog.format_detail(entry))
+    else:
+        entries = catalog.listing()
+        print(json.dumps(entries, indent=2) if args.json else catalog.format_listing(entries))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
@@ -263,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),
                 "preview": lambda: _preview(args), "train": lambda: _train(args),
-                "predict": lambda: _predict(args), "report": lambda: _report(args)}
+                "predict": lambda: _predict(args), "report": lambda: _report(args),
+                "validate": lambda: _validate(args), "plan": lambda: _plan(args),
+                "extractors": lambda: _extractors(args)}
     run_hint = RESUME_HINT
     if args.command == "run" and args.incremental:
         from featurelib.incremental import INCREMENTAL_HINT as run_hint
