@@ -698,3 +698,50 @@ def test_the_airflow_dag_loads_and_its_tasks_run_three_nights_with_exit_code_awa
     assert result["exit_codes"] == {"1": "up_for_retry", "2": "failed", "3": "failed", "130": "up_for_retry",
                                     "143": "up_for_retry"}
 
+
+
+def _readme_commands(path: pathlib.Path) -> list[list[str]]:
+    """The command lines of a README's code blocks (continuations joined), as words."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def test_the_image_readmes_command_lines_are_what_the_code_accepts():
+    """deploy/docker/README.md: the tags built, featurize's, spark-submit's and Beam's command lines."""
+    from featurelib.cli import _parser
+    from pipelines.extract_features import BeamEngine, _strip_own_flags
+    from pipelines.options import unknown_flags
+
+    tag = documented_tag(DOCKERFILE)
+    commands = _readme_commands(ROOT / "deploy" / "docker" / "README.md")
+    seen = set()
+    for words in commands:
+        if words[:2] == ["docker", "build"]:
+            built = words[words.index("-t") + 1]
+            dockerfile = ROOT / words[words.index("-f") + 1]
+            assert dockerfile.is_file() and built == documented_tag(dockerfile), words
+            for value in (w.split("=", 1)[1] for w in words if w.startswith("EXTRAS=")):
+                assert set(value.split(",")) <= set(SETUP["EXTRAS"]) and {"spark", "beam"} <= set(value.split(","))
+            seen.add("build")
+        elif words[:2] == ["docker", "run"]:
+            at = words.index(tag)
+            assert words[at + 1] == "featurize", words
+            _, extra = _parser().parse_known_args(words[at + 2:])
+            assert extra in ([], ["--conf", "spark.ui.enabled=false"]), words
+            seen.add("run")
+        elif words[0] == "spark-submit":
+            image = [w.split("=", 1)[1] for w in words if w.startswith("spark.kubernetes.container.image=")]
+            assert image and image[0].endswith("/" + tag)
+            main_file = next(w for w in words if w.startswith("local://"))
+            assert source_of(final(DOCKERFILE)[1], main_file.removeprefix("local://")).is_file()
+            assert _job_arguments(words[words.index(main_file) + 1:]).incremental
+            seen.add("spark-submit")
+        elif words[:3] == ["python", "-m", "pipelines.extract_features"]:
+            beam_argv = _strip_own_flags(words[3:])
+            assert unknown_flags(beam_argv) == []
+            options = BeamEngine(beam_argv).options.get_all_options()
+            assert options["sdk_container_image"].endswith("/" + tag)
+            assert options["sdk_location"] == "container" and options["environment_type"] == "DOCKER"
+            seen.add("beam")
+    assert seen == {"build", "run", "spark-submit", "beam"}
