@@ -41,8 +41,6 @@ from featurelib import contract as c
 from featurelib.errors import UserError
 from featurelib.io import files as layout
 
-#: Default file name under OUT.
-REPORT = "report.html"
 #: Reject examples shown per reason.
 EXAMPLES_PER_REASON = 5
 #: Reject details are cut to this many characters.
@@ -232,7 +230,7 @@ def write_report(root: str, out_path: str | None = None, *, spec_path: str | Non
     if n_samples < 0:
         raise UserError(f"--samples must be 0 or more, got {n_samples}")
     manifest, stats, failed = load_output(root)
-    out_path = out_path or os.path.join(root, REPORT)
+    out_path = out_path or os.path.join(root, layout.REPORT)
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write the report to {out_path}: folder {folder} does not exist")

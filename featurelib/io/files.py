@@ -25,8 +25,11 @@ LOCK = "_LOCK"
 SHARD_FILES = {"parquet": ("parquet", "parquet"), "hdf5": ("hdf5", "h5"), "stats": ("stats", "json"),
                "rejects": ("rejects", "parquet")}
 
+#: ``featurize report OUT`` writes here by default; it describes one run, so a rerun deletes it.
+REPORT = "report.html"
+
 #: Every entry of an output that a run writes (a rerun or ``--overwrite`` deletes only these).
-LAYOUT_ENTRIES = (MANIFEST, FAILED, "parquet", "hdf5", "rejects", "stats", STATS, ARTIFACTS, WORK)
+LAYOUT_ENTRIES = (MANIFEST, FAILED, "parquet", "hdf5", "rejects", "stats", STATS, ARTIFACTS, WORK, REPORT)
 #: What ``featurize train`` / ``predict`` add to an output: featurelib's too (a folder holding them
 #: is not foreign), kept when the same run is rewritten (its features are the same), deleted by
 #: ``--overwrite`` replacing another run (models trained on features that no longer exist).
