@@ -136,3 +136,44 @@ def test_the_sdist_beam_builds_for_setup_file_installs_into_a_fresh_venv(tmp_pat
     assert modules == code_files()  # the same modules as the Spark --py-files zip
     assert (venv / "bin" / "featurize").is_file()
     print(f"sdist -> wheel -> fresh venv: {time.monotonic() - t0:.1f} s")
+
+
+def test_the_spark_submit_line_of_the_spark_readme_matches_the_code():
+    """deploy/spark/README.md's spark-submit line ships make dist's zip, keeps the session's JIT flag in the
+    JVM options it replaces, passes the log4j2 file that exists; its table of executor variables is
+    exactly what featurelib.worker.environment() sets. (The line's settings run on a real cluster in
+    tests/test_spark_cluster.py.)"""
+    from featurelib import worker
+    from featurelib.registry import PLUGINS_ENV
+    from jobs.session import DEFAULTS
+
+    (block,) = [b for b in code_blocks(SPARK_README) if b.startswith("spark-submit")]
+    argv = shlex.split(block)
+    conf, options, index = {}, {}, 1
+    while argv[index].startswith("--"):
+        flag, value = argv[index], argv[index + 1]
+        if flag == "--conf":
+            key, value = value.split("=", 1)
+            conf[key] = value
+        else:
+            options[flag] = value
+        index += 2
+    job, *job_args = argv[index:]
+    assert job == "jobs/extract_features.py" and (ROOT / job).is_file()
+    assert (ROOT / job_args[job_args.index("--spec") + 1]).is_file()
+    assert options["--py-files"] == "dist/featurelib-code.zip"
+    assert "--output dist/featurelib-code.zip" in (ROOT / "Makefile").read_text()
+    assert conf["spark.python.worker.reuse"] == DEFAULTS["spark.python.worker.reuse"]
+    for jvm in (conf["spark.executor.extraJavaOptions"], options["--driver-java-options"]):
+        assert DEFAULTS["spark.executor.extraJavaOptions"] in jvm.split() and "-Dlog4j2.configurationFile=" in jvm
+    driver_log4j = options["--driver-java-options"].split("-Dlog4j2.configurationFile=")[1].split()[0]
+    assert (ROOT / driver_log4j).is_file() and driver_log4j == "deploy/spark/log4j2.properties"
+
+    table = [line for line in SPARK_README.read_text().splitlines() if line.startswith("| `")]
+    documented = {name for line in table for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1])}
+    assert documented == set(worker.THREAD_VARIABLES) | set(worker.MALLOC_ENV) | {PLUGINS_ENV}
+    for name, value in worker.MALLOC_ENV.items():
+        assert any(f"`{name}`" in line and f"`{value}`" in line for line in table), name
+    for key, value in DEFAULTS.items():
+        if key in ("spark.task.maxFailures", "spark.locality.wait"):
+            assert f"`{key}={value}`" in SPARK_README.read_text()
