@@ -683,12 +683,13 @@ def test_the_airflow_dag_loads_and_its_tasks_run_three_nights_with_exit_code_awa
     assert (out / "models" / "nightly" / "model.json").exists() and (out / "report.html").exists()
 
     assert mistake["validate"]["state"] == "failed" and "exit 2" in mistake["validate"]["message"]
+    assert f"validate {broken}" in mistake["validate"]["command"]
     assert all(mistake[t]["state"] == "not run" for t in order[1:])
 
     # What ran is featurize's command line, as its own parser reads it.
     from featurelib.cli import _parser
 
-    for task_id in ("extract", "train", "report"):
+    for task_id in ("validate", "extract", "train", "report"):
         for night in (first, incremental):
             words = shlex.split(night[task_id]["command"])
             args, extra = _parser().parse_known_args(words[words.index("featurize") + 1:])

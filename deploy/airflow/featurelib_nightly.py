@@ -5,17 +5,19 @@ pins). The tasks run featurelib's command line where Airflow runs its tasks: `fe
 with featurelib installed on the worker, or the featurelib image through a prefix such as
 ``docker run --rm -v /data:/data featurelib:0.1.0`` (deploy/docker/). What each task runs:
 
-    validate   the spec and its paths, before anything runs                  (exit 2: a mistake)
-    plan       first run (--resume: a fresh output, or a failed first run completed) or --incremental;
-               with nothing new in the input, the run stops here: extract, train, report are skipped
+    validate   featurize validate S: the spec and its paths, before anything runs (exit 2: a mistake)
+    plan       first run (--resume: a fresh output, or a failed first run completed) or --incremental,
+               and how many inputs are new; with nothing new, the run stops here: extract, train and
+               report are skipped
     extract    featurize run --spec S --incremental (or --resume) --engine E [engine flags]
     train      featurize train OUT --features F --model M --standardize --name nightly --overwrite
     report     featurize report OUT
 
 Settings are the DAG's params, overridable when a run is triggered; their defaults come from
 environment variables of the scheduler: FEATURELIB_SPEC, FEATURELIB_PREFIX (put before every
-command), FEATURELIB_PYTHON, FEATURELIB_ENGINE, FEATURELIB_ENGINE_FLAGS, FEATURELIB_FEATURES,
-FEATURELIB_MODEL. The output is the spec's ``output.path``.
+command), FEATURELIB_PYTHON (plan's Python), FEATURELIB_ENGINE, FEATURELIB_ENGINE_FLAGS,
+FEATURELIB_FEATURES, FEATURELIB_MODEL. The output is the spec's ``output.path``; give the spec
+absolute paths (commands run in a temporary folder).
 
 Retries follow featurelib's exit codes (docs/CONTRACT.md): 2 (a mistake in the spec, arguments,
 input or output, or the output locked by a live run) and 3 (failed by policy: too many rejects) fail
@@ -53,8 +55,9 @@ NOT_RETRIED = {2: "a mistake in the spec, the arguments, the input or the output
 #: BashOperator's code for "skip this task and everything after it": plan's "nothing new".
 NOTHING_NEW = 99
 
-#: validate and plan, run by featurelib's Python (argv[1]: the spec). plan prints one JSON line, the
-#: last, which Airflow keeps as the task's XCom: the mode of the extract step and the output path.
+#: plan, run by featurelib's Python (argv[1]: the spec): what tonight's run adds to the committed
+#: output (`featurize plan` describes a whole run, not an incremental one). Its last line, one JSON
+#: object, is the task's XCom: the extract step's mode and the output path.
 PLAN = r"""
 import json, os, sys
 from featurelib.exits import with_exit_codes
@@ -79,19 +82,6 @@ def plan():
 
 sys.exit(with_exit_codes(plan))
 """ % NOTHING_NEW
-
-VALIDATE = r"""
-import sys
-from featurelib.exits import with_exit_codes
-from featurelib.spec import RunSpec
-
-def validate():
-    RunSpec.from_yaml(sys.argv[1]).require_paths()
-    print("spec OK:", sys.argv[1])
-
-sys.exit(with_exit_codes(validate))
-"""
-
 
 def exit_code_of(error: BaseException) -> int | None:
     """The exit code in BashOperator's failure message ("... non-zero exit code 2."), if any."""
@@ -152,8 +142,7 @@ with DAG(
 ) as dag:
     validate = FeaturelibOperator(
         task_id="validate",
-        bash_command=f'{PYTHON} -c "$FEATURELIB_VALIDATE" {SPEC}',
-        env={"FEATURELIB_VALIDATE": VALIDATE}, append_env=True,
+        bash_command=f"{FEATURIZE} validate {SPEC}",
     )
     plan = FeaturelibOperator(
         task_id="plan",
