@@ -200,6 +200,16 @@ def load_output(root: str) -> tuple[dict[str, Any], dict[str, Any] | None, dict[
     """
     from featurelib.io.readers import load_manifest
 
+    failed_path = os.path.join(root, layout.FAILED)
+    if not os.path.exists(os.path.join(root, layout.MANIFEST)) and os.path.exists(failed_path):
+        try:
+            with open(failed_path, encoding="utf-8") as handle:
+                why = json.load(handle).get("error") or "no reason recorded"
+        except (OSError, ValueError, AttributeError):
+            why = "its _FAILED.json is unreadable"
+        why = " ".join(str(why).split())[:300]
+        raise UserError(f"{root!r} holds no committed output: its last run failed ({why}); see {failed_path}, "
+                        f"then rerun (--resume reuses its complete shards) before asking for a report")
     manifest = load_manifest(root)
     if not isinstance(manifest, dict) or "counts" not in manifest or "files" not in manifest:
         raise UserError(f"{root!r}: {layout.MANIFEST} is not a featurelib manifest")
@@ -208,7 +218,6 @@ def load_output(root: str) -> tuple[dict[str, Any], dict[str, Any] | None, dict[
     if os.path.exists(stats_path):
         with open(stats_path, encoding="utf-8") as handle:
             stats = json.load(handle)
-    failed_path = os.path.join(root, layout.FAILED)
     if os.path.exists(failed_path):
         try:
             with open(failed_path, encoding="utf-8") as handle:
@@ -311,11 +320,14 @@ def _user_spec(spec_path: str, manifest: dict[str, Any]):
     """``--spec``: the run's spec with what the manifest cannot hold (``storage_options``)."""
     from featurelib.spec import RunSpec
 
-    spec = RunSpec.from_yaml(spec_path)
-    wanted = (manifest.get("spec_fingerprints") or {}).get("feature")
-    if wanted and spec.feature_fingerprint() != wanted:
-        raise UserError(f"--spec {spec_path!r} is not the spec of this output (its feature fingerprint differs "
-                        f"from the manifest's {wanted[:12]}...)")
+    # The input path as the run resolved it (the samples are read from the uris it recorded): a spec that
+    # names it relatively, or leaves it to --input, is still the run's spec.
+    recorded = ((manifest.get("spec") or {}).get("input") or {}).get("path")
+    spec = RunSpec.from_yaml(spec_path).with_overrides(input=recorded)
+    wanted = (manifest.get("spec_fingerprints") or {}).get("run")
+    if wanted and spec.run_fingerprint() != wanted:
+        raise UserError(f"--spec {spec_path!r} is not the spec of this output (its run fingerprint "
+                        f"{spec.run_fingerprint()[:12]}... differs from the manifest's {wanted[:12]}...)")
     return spec
 
 
@@ -632,10 +644,18 @@ def _generations(ctx: _Context) -> str:
     generations = ctx.manifest.get("generations")
     if not generations:
         return _note("One generation: the output was written by a single run (no --incremental run added to it).")
-    keys = ("generation", "created_at", "engine", "listed", "written_sources", "written_rows", "rejected")
-    rows = [tuple(_num(g.get(k)) if k not in ("created_at", "engine") else g.get(k, "") for k in keys)
-            for g in generations]
-    return _table(keys, rows, numeric=(0, 3, 4, 5, 6))
+    keys = ["generation", "created_at", "engine", "listed", "written_sources", "written_rows", "rejected"]
+    keys += sorted({k for g in generations for k in g} - set(keys))  # pruned, redone_shards (--prune), ...
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _num(value)
+        if isinstance(value, (list, dict)):
+            return json.dumps(value)
+        return "" if value is None else value
+    rows = [tuple(cell(g.get(k)) for k in keys) for g in generations]
+    numeric = tuple(i for i, k in enumerate(keys) if all(isinstance(g.get(k), (int, float)) for g in generations))
+    return _table(keys, rows, numeric=numeric)
 
 
 def _files(ctx: _Context) -> str:
@@ -733,7 +753,7 @@ def _samples(ctx: _Context) -> str:
             ctx.samples = "skipped: the manifest's spec cannot be read here"
             return _note(f"No sample images: the spec stored in the manifest cannot be read here ({exc}).")
     augmented = set(spec.augment.splits) if spec.augment.copies > 0 else set(c.SPLITS)
-    stored = bool(spec.output.pixels)
+    stored = bool(((ctx.manifest.get("spec") or {}).get("output") or {}).get("pixels"))
     want = n if stored else n * _SCAN_FACTOR
     candidates = _candidates(ctx, spec.seed, want, augmented)
     if not candidates:

@@ -201,7 +201,7 @@ def test_report_without_pixels_redecodes_then_generations_then_skips(stored, tmp
 
 
 def test_report_of_a_failed_last_run_and_of_non_outputs(stored, tmp_path, capsys):
-    _, _, out = stored
+    tmp, _, out = stored
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a committed featurelib output" in err[0], err
@@ -211,11 +211,14 @@ def test_report_of_a_failed_last_run_and_of_non_outputs(stored, tmp_path, capsys
     (failed / "_FAILED.json").write_text(json.dumps({"kind": "error", "error": "boom"}))
     assert main(["report", str(failed)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the last run failed" in err[0] and "_FAILED.json" in err[0], err
+    assert len(err) == 1 and "its last run failed (boom)" in err[0] and "_FAILED.json" in err[0], err
 
     assert main(["report", str(out), "--out", str(tmp_path / "no" / "such" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+    # --spec: the run's own spec (its input given by --input then) is taken; another spec is refused.
+    assert main(["report", str(out), "--spec", str(tmp / "spec-out.yaml"), "--out", str(tmp_path / "r.html"),
+                 "--samples", "1"]) == 0
     other = write_spec(tmp_path / "other.yaml", features=[{"name": "color_stats"}])
     assert main(["report", str(out), "--spec", str(other), "--out", str(tmp_path / "r.html")]) == 2
     assert "is not the spec of this output" in capsys.readouterr().err
