@@ -5,7 +5,7 @@ the tree and setup.py, the image's entrypoint script runs with the real pyspark 
 only a pod has), the SparkApplication's arguments go through the Spark job's own parser and its spec
 through RunSpec, and the Airflow DAG is loaded by Airflow's DagBag in .venv-airflow (`make
 airflow-venv`, never the project's .venv), whose operators then run three nights of the job on real
-images.
+images, and whose exit-code handling goes through Airflow's own task runner (dag.test()).
 """
 
 from __future__ import annotations
@@ -602,27 +602,17 @@ if dag is not None:
                 ti.xcom[task_id] = states[task_id]["value"]
         nights.append(states)
     result["nights"] = nights
-    codes = {}
-    for code in cfg["exit_codes"]:
-        task = dag.get_task("report")
-        saved = task.bash_command
-        task.bash_command = f"exit {code}"
-        try:
-            codes[code] = run(task, {"params": dict(dag.params), "ti": TI()})["state"]
-        finally:
-            task.bash_command = saved
-    result["exit_codes"] = codes
 with open(cfg["result"], "w") as handle:
     json.dump(result, handle)
 """
 
 
 @pytest.mark.timeout(900)
-def test_the_airflow_dag_loads_and_its_tasks_run_three_nights_with_exit_code_aware_retries(tmp_path, digits_dir):
+def test_the_airflow_dag_loads_and_its_tasks_run_three_nights(tmp_path, digits_dir):
     """Airflow's DagBag loads the DAG (no import error); its tasks, order and schedule; then its operators
     run the job's commands with featurelib: the first night (a fresh output: --resume), a night with
     nothing new (plan skips the rest), a night with one new image (--incremental, then train and
-    report), and a broken spec (validate fails, no retry)."""
+    report), and a broken spec (validate fails: exit 2, not retried)."""
     python = _airflow_venv()
     order = ["validate", "plan", "extract", "train", "report"]
     images = tmp_path / "images"
@@ -647,7 +637,7 @@ def test_the_airflow_dag_loads_and_its_tasks_run_three_nights_with_exit_code_awa
               {"params": {**params, "spec": str(broken)}}]
     result_file = tmp_path / "result.json"
     config = {"dags": str(DAG_FILE.parent), "dag_id": "featurelib_nightly", "order": order, "nights": nights,
-              "exit_codes": [1, 2, 3, 130, 143], "result": str(result_file)}
+              "result": str(result_file)}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATURELIB", "PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{pathlib.Path(sys.executable).parent}:{env['PATH']}"  # featurize, as on a worker
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
@@ -696,8 +686,48 @@ def test_the_airflow_dag_loads_and_its_tasks_run_three_nights_with_exit_code_awa
             assert args.command == {"extract": "run"}.get(task_id, task_id) and extra == (
                 ["--workers", "1"] if task_id == "extract" else []), night[task_id]["command"]
 
-    assert result["exit_codes"] == {"1": "up_for_retry", "2": "failed", "3": "failed", "130": "up_for_retry",
-                                    "143": "up_for_retry"}
+
+#: A DAG of the nightly DAG's operator running `exit N`, for Airflow's own task runner (dag.test()).
+EXIT_CODE_DAG = """
+import importlib.util
+from datetime import datetime, timedelta, timezone
+from airflow.sdk import DAG
+
+spec = importlib.util.spec_from_file_location("featurelib_nightly", {dag_file!r})
+nightly = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nightly)
+with DAG("exit_codes", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False,
+         default_args={{"retries": 1, "retry_delay": timedelta(0)}}) as dag:
+    for code in {codes!r}:
+        nightly.FeaturelibOperator(task_id=f"exit_{{code}}", bash_command=f"exit {{code}}")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_airflows_task_runner_retries_by_featurelibs_exit_code(tmp_path):
+    """Airflow's task runner (dag.test(), a SQLite database): exit 2 and 3 fail at the first try,
+    1, 130 and 143 are retried."""
+    python = _airflow_venv()
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    codes = [1, 2, 3, 130, 143]
+    (dags / "exit_codes.py").write_text(EXIT_CODE_DAG.format(dag_file=str(DAG_FILE), codes=codes))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATURELIB", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    migrate = subprocess.run([str(python), "-m", "airflow", "db", "migrate"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
+    script = (f"import json\nfrom airflow.models import DagBag\n"
+              f"run = DagBag({str(dags)!r}).dags['exit_codes'].test()\n"
+              f"print('TRIES=' + json.dumps({{ti.task_id: [ti.state, ti.try_number] for ti in run.get_task_instances()}}))\n")
+    done = subprocess.run([str(python), "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    found = [line for line in done.stdout.splitlines() if line.startswith("TRIES=")]
+    assert found, done.stdout[-3000:] + done.stderr[-3000:]
+    tries = json.loads(found[0].removeprefix("TRIES="))
+    assert tries == {"exit_1": ["failed", 2], "exit_2": ["failed", 1], "exit_3": ["failed", 1],
+                     "exit_130": ["failed", 2], "exit_143": ["failed", 2]}
 
 
 
