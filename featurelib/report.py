@@ -132,13 +132,13 @@ class _Plots:
 
     def __init__(self) -> None:
         import matplotlib
-
-        matplotlib.rcParams.update({"font.size": 9, "axes.titlesize": 10, "svg.fonttype": "none"})
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self._figure, self._canvas = Figure, FigureCanvasAgg
         self.count = 0
+        # The report's style, only while it draws: the process's own rcParams stay as they are.
+        self.style = lambda: matplotlib.rc_context({"font.size": 9, "axes.titlesize": 10})
 
     def figure(self, width: float = 9.0, height: float = 2.8, **subplots):
         fig = self._figure(figsize=(width, height), layout="constrained")
@@ -248,18 +248,19 @@ def write_report(root: str, out_path: str | None = None, *, spec_path: str | Non
         spec = _user_spec(spec_path, manifest)
     ctx = _Context(root, manifest, stats, spec_path, n_samples)
     ctx.user_spec = spec
-    sections = [
-        ("identity", "Run", _identity(ctx, failed)),
-        ("counts", "Counts", _counts(ctx)),
-        ("classes", "Classes per split", _guard(ctx, "classes", _classes)),
-        ("rejects", "Rejects", _guard(ctx, "rejects", _rejects)),
-        ("samples", "Sample images", _guard(ctx, "samples", _samples)),
-        ("inputs", "Input images", _guard(ctx, "input sizes", _inputs)),
-        ("features", "Feature columns", _guard(ctx, "features", _features)),
-        ("throughput", "Time per stage", _guard(ctx, "throughput", _throughput)),
-        ("generations", "Generations", _guard(ctx, "generations", _generations)),
-        ("files", "Files", _files(ctx)),
-    ]
+    with ctx.plots.style():
+        sections = [
+            ("identity", "Run", _identity(ctx, failed)),
+            ("counts", "Counts", _counts(ctx)),
+            ("classes", "Classes per split", _guard(ctx, "classes", _classes)),
+            ("rejects", "Rejects", _guard(ctx, "rejects", _rejects)),
+            ("samples", "Sample images", _guard(ctx, "samples", _samples)),
+            ("inputs", "Input images", _guard(ctx, "input sizes", _inputs)),
+            ("features", "Feature columns", _guard(ctx, "features", _features)),
+            ("throughput", "Time per stage", _guard(ctx, "throughput", _throughput)),
+            ("generations", "Generations", _guard(ctx, "generations", _generations)),
+            ("files", "Files", _files(ctx)),
+        ]
     name = os.path.basename(os.path.normpath(os.path.abspath(root)))
     nav = "".join(f'<a href="#{anchor}">{_esc(title)}</a>' for anchor, title, _ in sections)
     body = "".join(f'<section id="{anchor}"><h2>{_esc(title)}</h2>{content}</section>'
