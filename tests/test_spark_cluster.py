@@ -42,10 +42,10 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def submit(cluster, *args: str, timeout: float = 240, spark_args: Sequence[str] = (), java_options: str = "",
+def submit(cluster, *args: str, timeout: float = 240, spark_args: Sequence[str] = (),
            env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess:
-    """spark-submit JOB *args; `spark_args` go before the job (spark-submit's own), `java_options` join
-    FAST_JVM in the driver's and executors' JVM options, `env` overrides the environment (None: unset)."""
+    """spark-submit JOB *args; `spark_args` are spark-submit's own (before the job; a repeated option
+    replaces the one here), `env` overrides the environment (None: unset)."""
     environment = {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable,
                    "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     environment.pop("PYSPARK_SUBMIT_ARGS", None)
@@ -54,13 +54,12 @@ def submit(cluster, *args: str, timeout: float = 240, spark_args: Sequence[str] 
             environment.pop(key, None)
         else:
             environment[key] = value
-    jvm = " ".join(filter(None, [FAST_JVM, java_options]))
     command = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.master_url,
                "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.cores=1",
                # Schedule only once both executors are up: tasks then run on both workers.
                "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=120s",
-               "--conf", f"spark.executor.extraJavaOptions={jvm}", "--driver-java-options", jvm,
+               "--conf", f"spark.executor.extraJavaOptions={FAST_JVM}", "--driver-java-options", FAST_JVM,
                *spark_args, str(JOB), *args]
     t0 = time.monotonic()
     done = subprocess.run(command, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -207,13 +206,15 @@ def test_the_code_shipped_as_a_py_files_zip_is_what_the_workers_run(cluster, mix
     # decode.isolation: subprocess: each worker's decoder child must find featurelib in the zip too
     spec = spec_file(failures={"max_reject_fraction": 0.25}, output={"shards": 6}, decode={"isolation": "subprocess"})
     out = tmp_path / "spark"
-    log4j = ROOT / "deploy" / "spark" / "log4j2.properties"
+    log4j = "deploy/spark/log4j2.properties"  # as deploy/spark/README.md: relative for the driver (run from ROOT)
     before = set(apps(cluster))
     done = submit(cluster, "--spec", str(spec), "--input", str(root), "--output", str(out),
                   spark_args=["--py-files", str(code), "--conf", f"spark.pyspark.python={python}",
                               "--conf", f"spark.executorEnv.PATH={path}",
-                              "--conf", f"spark.executorEnv.PYTHONPATH={plugins}"],
-                  java_options=f"-Dlog4j2.configurationFile={log4j}",
+                              "--conf", f"spark.executorEnv.PYTHONPATH={plugins}",
+                              "--driver-java-options", f"{FAST_JVM} -Dlog4j2.configurationFile={log4j}",
+                              "--conf", f"spark.executor.extraJavaOptions={FAST_JVM} "
+                                        f"-Dlog4j2.configurationFile={ROOT / log4j}"],
                   env={"PATH": path, "PYTHONPATH": plugins, "PYSPARK_PYTHON": None, "PYSPARK_DRIVER_PYTHON": None})
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
 
