@@ -153,7 +153,7 @@ def describe(name: str) -> dict[str, Any]:
         prose, meanings = section.description or prose, {**meanings, **section.params}
     params = [{"name": key, "default": value, "meaning": meanings.get(key, "")}
               for key, value in definition.defaults.items()]
-    text = prose
+    text = prose or "(no description)"
     artifact = definition.artifact
     return {
         "name": definition.name, "version": definition.version, "view": definition.view,

@@ -218,7 +218,11 @@ def plan_report(spec: RunSpec, *, sample: int = DEFAULT_SAMPLE, workers: int | N
         raise UserError(f"--sample must be >= 0, got {sample}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    spec = resolve_paths(spec)
+    if not spec.input.path:
+        raise UserError("no input: set input.path in the spec or pass --input")
+    given_output = spec.output.path
+    # Nothing is written: without an output, a stand-in name only fills the tasks' output field.
+    spec = resolve_paths(spec if given_output else spec.with_overrides(output="featurize-plan-no-output"))
     tasks = plan(spec)
     records = [r for task in tasks for r in task.records]
     accepted = [r for r in records if r.reject is None]
@@ -234,7 +238,7 @@ def plan_report(spec: RunSpec, *, sample: int = DEFAULT_SAMPLE, workers: int | N
     row_bytes = dim * 4 + (height * width * 3 if spec.output.pixels else 0)
     report: dict[str, Any] = {
         "input": spec.input.path,
-        "output": spec.output.path,
+        "output": spec.output.path if given_output else None,
         "inputs": len(records),
         "bytes": total,
         "not_found": missing,
@@ -287,7 +291,7 @@ def _duration(seconds: float) -> str:
 def format_plan(report: dict[str, Any]) -> str:
     """The human form of :func:`plan_report`."""
     lines = [f"input            {report['input']}",
-             f"output           {report['output']}"]
+             f"output           {report['output'] or 'not set (--output or output.path, to run)'}"]
     found = f", {report['not_found']} not found" if report["not_found"] else ""
     lines.append(f"inputs           {report['inputs']} ({human_bytes(report['bytes'])}{found})")
     classes = report["classes"]
@@ -316,8 +320,9 @@ def format_plan(report: dict[str, Any]) -> str:
         return "\n".join(lines)
     rejected = sum(estimate["rejected"].values())
     detail = f", {rejected} of them rejected" if rejected else ""
+    parallel = estimate["parallel_shards"]
     lines.append(f"estimate         ~{_duration(estimate['seconds'])} on the local engine with {estimate['workers']} "
-                 f"workers ({estimate['parallel_shards']} shard{'s' if estimate['parallel_shards'] != 1 else ''} at a time)")
+                 f"workers ({parallel} shard{'s' if parallel != 1 else ''} at a time)")
     lines.append(f"  measured on {estimate['sampled']} sampled inputs in this process{detail}: "
                  f"{estimate['seconds_per_input'] * 1000:.1f} ms per input; per worker, "
                  + (f"{estimate['worker_start_s']:.2f} s to start and " if estimate["worker_start_s"] is not None

@@ -229,7 +229,10 @@ class _Locator:
             if sep == ": ":
                 return self.problem(path, message[found.end():])
             if sep == " must ":
-                return self.problem(path, message[len(path) + 1:])
+                text = message[len(path) + 1:]
+                if re.fullmatch(r"features\[\d+\]", path) and text.endswith("got str"):
+                    text += " (write '- name: EXTRACTOR', with 'params:' under it)"
+                return self.problem(path, text)
             return self.problem(path, message)
         return self.problem(None, message)
 

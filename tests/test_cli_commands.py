@@ -100,6 +100,19 @@ def test_validate_reports_bad_yaml_with_its_line(tmp_path, monkeypatch, capsys):
     assert (code, err) == (2, "missing.yaml: 1 problem\n  missing.yaml: cannot read spec: No such file or directory\n")
 
 
+@pytest.mark.parametrize("text,problems", [
+    ("features:\n  - hog\n", ["spec.yaml:2: features[0]: must be a mapping, got str (write '- name: EXTRACTOR', "
+                              "with 'params:' under it)"]),
+    ("- a\n- b\n", ["spec.yaml: the spec must be a mapping, got list"]),
+    ("seed: 1\n", [f"spec.yaml: features: must be a non-empty list; known extractors: {registry.names()}"]),
+])
+def test_validate_a_spec_of_the_wrong_shape(text, problems, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.yaml").write_text(text)
+    code, _, err = run(["validate", "spec.yaml"], capsys)
+    assert (code, err.splitlines()[1:]) == (2, [f"  {p}" for p in problems])
+
+
 @pytest.fixture
 def paths(tmp_path, digits_dir):
     """Inputs and outputs a new user gets wrong."""
@@ -284,6 +297,21 @@ def test_plan_times_a_fitted_extractor_without_writing_its_artefact(digits_dir, 
     assert not (tmp_path / "o").exists()
 
 
+def test_plan_without_an_output_plans_anyway(digits_dir, tmp_path, monkeypatch, capsys):
+    from conftest import copy_digits
+
+    monkeypatch.chdir(tmp_path)
+    root = copy_digits(digits_dir, tmp_path / "in", step=100, limit=10)
+    spec = write_spec(tmp_path / "spec.yaml", input={"path": "in"})
+    code, text, _ = run(["plan", "--spec", "spec.yaml", "--sample", "0"], capsys)
+    assert code == 0
+    size = human_bytes(sum(p.stat().st_size for p in root.rglob("*.png")))
+    assert text.splitlines()[:3] == [f"input            {root}",
+                                     "output           not set (--output or output.path, to run)",
+                                     f"inputs           10 ({size})"]
+    assert tree(tmp_path) == sorted(["spec.yaml", *(os.path.join("in", k) for k in tree(root))])
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--input", "{tmp}/none"], "featurize: error: input '{tmp}/none' is not a folder (or a .csv/.parquet manifest)"),
     (["--sample", "-1"], "featurize: error: --sample must be >= 0, got -1"),
@@ -310,7 +338,8 @@ def test_extractors_lists_every_registered_one(capsys):
                            "and Triggs 2005), equal to ski...")
     assert rows["color_stats"] == (f"{'color_stats':<{width}}rgb   1        9               Mean, standard "
                                    "deviation and skewness of each channel")
-    assert rows["vgg16"] == f"{'vgg16':<{width}}rgb   1        25088           VGG16 (Simonyan and Zisserman 2015) [deep]"
+    assert rows["vgg16"] == (f"{'vgg16':<{width}}rgb   1        25088           VGG16 (Simonyan and Zisserman "
+                             "2015) [deep]")
     assert rows["cnn"].split()[3] == "-"  # no default model: no length
     assert lines[-1] == f"{len(registry.names())} extractors; `featurize extractors NAME` shows one's parameters"
     code, out, _ = run(["extractors", "--json"], capsys)
