@@ -255,6 +255,8 @@ def plan_report(spec: RunSpec, *, sample: int = DEFAULT_SAMPLE, workers: int | N
         "dim": dim,
         "output_bytes": {fmt: round(rows * row_bytes) for fmt in spec.output.formats},
         "estimate": None,
+        "notes": ["dedup: content: exact duplicates are found when the inputs are read; counts above include "
+                  "them"] if spec.dedup == "content" else [],
     }
     if sample and accepted:
         workers = workers or len(os.sched_getaffinity(0))
@@ -270,6 +272,9 @@ def plan_report(spec: RunSpec, *, sample: int = DEFAULT_SAMPLE, workers: int | N
                               "per_stage_s": {k: round(v, 6) for k, v in measured["per_stage_s"].items()}}
         report["estimate"]["notes"].append("not counting writing the shards and committing"
                                            + ("" if start is not None else ", nor starting the workers"))
+        if spec.dedup == "content":
+            report["estimate"]["notes"].append("not counting the pre-pass that reads and hashes every input "
+                                               "(dedup: content)")
         if spec.fitted_features():
             report["estimate"]["notes"].append("not counting the pre-pass that samples the train split and fits "
                                                + ", ".join(f.column for f in spec.fitted_features()))
@@ -314,6 +319,7 @@ def format_plan(report: dict[str, Any]) -> str:
     lines += [f"  {c['column']:<{width}}{c['extractor']:<16}{c['dim']}" for c in report["columns"]]
     sizes = ", ".join(f"{fmt} ~{human_bytes(n)}" for fmt, n in report["output_bytes"].items())
     lines.append(f"output size      {sizes} (rows x (dim x 4 bytes + pixels), before compression)")
+    lines += [f"note             {note}" for note in report["notes"]]
     estimate = report["estimate"]
     if estimate is None:
         lines.append("estimate         none (--sample 0, or nothing to read)")

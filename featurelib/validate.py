@@ -308,7 +308,7 @@ def check_output_path(spec: RunSpec, *, overwrite: bool) -> str | None:
 # --- the command ------------------------------------------------------------------------------------
 
 
-def _spec_problems(name: str, text: str, result: Validation) -> tuple[Any, dict[str, int]]:
+def _spec_problems(text: str, result: Validation) -> tuple[Any, dict[str, int]]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -344,7 +344,10 @@ def validate(spec_path: str, *, input: str | None = None, output: str | None = N
     except OSError as exc:
         result.problems.append(Problem(None, None, f"cannot read spec: {exc.strerror or exc}"))
         return result
-    doc, lines = _spec_problems(name, text, result)
+    except UnicodeDecodeError as exc:
+        result.problems.append(Problem(None, None, f"cannot read spec: not UTF-8 text (byte {exc.start})"))
+        return result
+    doc, lines = _spec_problems(text, result)
     parsed = result.spec
     # The paths are checked even when the spec has problems: from the parts of it that parsed.
     spec = (parsed or _paths_only(doc)).with_overrides(input=input, output=output)

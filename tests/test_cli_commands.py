@@ -98,6 +98,9 @@ def test_validate_reports_bad_yaml_with_its_line(tmp_path, monkeypatch, capsys):
     assert re.fullmatch(r"spec\.yaml: 1 problem\n  spec\.yaml:3: not valid YAML: .+\n", err), err
     code, _, err = run(["validate", "missing.yaml"], capsys)
     assert (code, err) == (2, "missing.yaml: 1 problem\n  missing.yaml: cannot read spec: No such file or directory\n")
+    (tmp_path / "latin1.yaml").write_bytes("seed: 1 # \xe9t\xe9\n".encode("latin-1"))
+    code, _, err = run(["validate", "latin1.yaml"], capsys)
+    assert (code, err) == (2, "latin1.yaml: 1 problem\n  latin1.yaml: cannot read spec: not UTF-8 text (byte 10)\n")
 
 
 @pytest.mark.parametrize("text,problems", [
@@ -285,15 +288,19 @@ def test_plan_times_a_fitted_extractor_without_writing_its_artefact(digits_dir, 
     from conftest import copy_digits
 
     root = copy_digits(digits_dir, tmp_path / "in", step=40, limit=40)
-    spec = write_spec(tmp_path / "spec.yaml", image={"size": [64, 64]}, features=[
+    spec = write_spec(tmp_path / "spec.yaml", image={"size": [64, 64]}, dedup="content", features=[
         {"name": "keypoints_bovw", "params": {"vocabulary_size": 4, "sample_images": 8}}])
     code, text, err = run(["plan", "--spec", str(spec), "--input", str(root), "--output", str(tmp_path / "o"),
                            "--sample", "6", "--json"], capsys)
     assert code == 0, err
-    estimate = json.loads(text)["estimate"]
+    report = json.loads(text)
+    estimate = report["estimate"]
     assert estimate["sampled"] == 6 and estimate["seconds"] > 0 and estimate["per_stage_s"]["extract"] >= 0
-    assert estimate["notes"][-1] == ("not counting the pre-pass that samples the train split and fits "
-                                     "keypoints_bovw")
+    assert estimate["notes"][-2:] == ["not counting the pre-pass that reads and hashes every input (dedup: content)",
+                                      "not counting the pre-pass that samples the train split and fits "
+                                      "keypoints_bovw"]
+    assert report["notes"] == ["dedup: content: exact duplicates are found when the inputs are read; counts above "
+                               "include them"]
     assert not (tmp_path / "o").exists()
 
 
