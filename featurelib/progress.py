@@ -93,6 +93,7 @@ class PassProgress:
                 self.log(self._line())
 
     def __enter__(self) -> PassProgress:
+        os.makedirs(self.folder, exist_ok=True)
         self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="featurelib-progress", daemon=True)
         self._thread.start()

@@ -188,9 +188,9 @@ class _ProgressFile:
             return
         self.last = now
         temp = f"{self.path}.tmp-{os.getpid()}"
-        # Progress is advice: a full disk or a vanished folder must never fail the task.
+        # Progress is advice: a full disk or a vanished folder must never fail the task. The driver
+        # makes the folder; a task never does, so a straggler cannot bring back a removed scratch folder.
         with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with open(temp, "w", encoding="utf-8") as handle:
                 json.dump({"done": self.done, "rejected": self.rejected, "final": final}, handle)
             os.replace(temp, self.path)

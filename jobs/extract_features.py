@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,11 +83,16 @@ class SparkEngine(Engine):
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
         try:
             return context.parallelize(list(items), len(items)).map(function).collect()
-        except BaseException:
-            # Ctrl-C, SIGTERM or a failed task: stop the tasks still running (Spark kills their
-            # Python workers), so nothing writes into the output after the driver gives up.
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM or a failed task: stop the tasks still running, so nothing writes into
+            # the output after the driver gives up. Interrupted, a session this engine owns is stopped
+            # at once (its Python workers die with it); otherwise wait for the cancelled tasks to end.
             with contextlib.suppress(Exception):
                 context.cancelAllJobs()
+                if isinstance(exc, KeyboardInterrupt) and self._owns_session:
+                    self.close()
+                else:
+                    _wait_for_tasks_to_stop(context)
             raise
 
     def close(self) -> None:
@@ -94,6 +100,15 @@ class SparkEngine(Engine):
         if self._owns_session and self._spark is not None:
             self._spark.stop()
             self._spark = None
+
+
+def _wait_for_tasks_to_stop(context, timeout_s: float = 20.0) -> None:
+    """Wait until no stage is active: cancelling is asynchronous, and a task still running would write
+    into the output after the driver cleaned it up (its Python worker is killed a few seconds later)."""
+    tracker = context.statusTracker()
+    deadline = time.monotonic() + timeout_s
+    while tracker.getActiveStageIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
