@@ -488,6 +488,8 @@ class RunSpec:
                 text = handle.read()
         except OSError as exc:
             raise SpecError(f"cannot read spec {path!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"cannot read spec {path!r}: not UTF-8 text (byte {exc.start})") from None
         return cls.from_yaml_text(text)
 
     @classmethod

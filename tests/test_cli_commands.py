@@ -101,6 +101,9 @@ def test_validate_reports_bad_yaml_with_its_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "latin1.yaml").write_bytes("seed: 1 # \xe9t\xe9\n".encode("latin-1"))
     code, _, err = run(["validate", "latin1.yaml"], capsys)
     assert (code, err) == (2, "latin1.yaml: 1 problem\n  latin1.yaml: cannot read spec: not UTF-8 text (byte 10)\n")
+    for command in (["run", "--spec", "latin1.yaml"], ["plan", "--spec", "latin1.yaml"]):  # one line, no traceback
+        code, _, err = run(command, capsys)
+        assert (code, err) == (2, "featurize: error: cannot read spec 'latin1.yaml': not UTF-8 text (byte 10)\n")
 
 
 @pytest.mark.parametrize("text,problems", [
