@@ -148,3 +148,13 @@ def test_a_second_attempt_of_a_completed_shard_keeps_the_first_attempts_files(co
     assert second.files == first.files  # same paths, rows, sizes and sha256: the first attempt's files
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "out").rglob("part-*")} == stamps
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
+
+
+def test_an_object_store_key_among_spark_settings_appears_nowhere(corpus, tmp_path):
+    out = tmp_path / "spark"
+    spec = spec_for(tmp_path / "spec.yaml", corpus, out)
+    done = subprocess.run([FEATURIZE, "run", "--engine", "spark", "--spec", str(spec), "--conf",
+                           f"spark.hadoop.fs.s3a.secret.key={SECRET}", "--conf", "spark.ui.enabled=false"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_no_secret(out, done.stdout, done.stderr)
