@@ -164,15 +164,28 @@ def describe(name: str) -> dict[str, Any]:
     }
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``"; did you mean 'hog'?"`` for a misspelt extractor name (any case), or the extractor whose
+    documented parameter takes `name` as a value (``sift``: ``keypoints_bovw``'s ``descriptor``); else ``""``."""
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {lowered[close[0]]!r}?"
+    word = re.escape(str(name).lower())
+    for extractor, section in sorted(doc_sections().items()):
+        for param, meaning in section.params.items():
+            if extractor in known and re.match(rf"^(?:one of )?([\w-]+(?: \([^)]*\))?, )*{word}\b", meaning.lower()):
+                return f"; did you mean {extractor!r} (its parameter {param} takes {name})?"
+    return ""
+
+
 def lookup(name: str) -> registry.ExtractorDef:
     """The extractor `name`, or a UserError listing the known ones (and the closest name)."""
     try:
         return registry.get(name)
     except SpecError:
         known = registry.names()
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown extractor {name!r}; known: {', '.join(known)}{hint}") from None
+        raise UserError(f"unknown extractor {name!r}; known: {', '.join(known)}{did_you_mean(name, known)}") from None
 
 
 def listing() -> list[dict[str, Any]]:

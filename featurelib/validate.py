@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from featurelib import registry
+from featurelib.catalog import did_you_mean
 from featurelib.errors import SpecError, UserError
 from featurelib.spec import RunSpec
 
@@ -195,7 +196,7 @@ class _Locator:
             known = _literal_list(found.group(2))
             path = f"features[{index}].name" if index is not None else "features"
             return self.problem(path, f"unknown extractor {found.group(1)!r}; known: {', '.join(known)}"
-                                      f"{_suggest(found.group(1), known)}")
+                                      f"{did_you_mean(found.group(1), known)}")
         found = re.match(r"^feature '(\w+)': unknown parameter\(s\) (\[.*?\]); known: (\[.*\])$", message)
         if found:
             params, known = _literal_list(found.group(2)), _literal_list(found.group(3))

@@ -397,6 +397,11 @@ def test_extractors_unknown_name_exit_2_with_the_known_ones(capsys):
                                        "did you mean 'hog'?\n")
     code, _, err = run(["extractors", "xyzzy"], capsys)
     assert (code, err) == (2, f"featurize: error: unknown extractor 'xyzzy'; known: {KNOWN}\n")
+    for name, hint in (("HOG", "did you mean 'hog'?"),
+                       ("sift", "did you mean 'keypoints_bovw' (its parameter descriptor takes sift)?"),
+                       ("resnet50", "did you mean 'cnn' (its parameter model takes resnet50)?")):
+        code, _, err = run(["extractors", name], capsys)
+        assert (code, err) == (2, f"featurize: error: unknown extractor {name!r}; known: {KNOWN}; {hint}\n")
 
 
 def test_extractors_without_the_docs_fall_back_to_docstrings(monkeypatch):
