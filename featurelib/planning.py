@@ -149,6 +149,46 @@ def worker_start_seconds() -> float | None:
         return None
 
 
+@contextlib.contextmanager
+def _no_downloads() -> Iterator[None]:
+    """Within the block, ImageNet weights missing from Keras' cache are not fetched (plan writes nothing)."""
+    try:
+        from featurelib.deep import weights
+    except ImportError:  # pragma: no cover - the deep module is part of the core install
+        yield
+        return
+
+    def refuse(spec):
+        raise RuntimeError(f"{spec.fname} is not in Keras' cache yet (a run fetches it first; plan does not)")
+
+    fetch = weights._download
+    weights._download = refuse
+    try:
+        yield
+    finally:
+        weights._download = fetch
+
+
+def _buildable(spec: RunSpec, artifacts: dict[str, dict[str, bytes]]):
+    """``(FeatureComputer, notes)``: the spec's extractors loaded here, less those that cannot load
+    (weights not fetched yet, TensorFlow not installed): each of those is left out of the timing, with a note."""
+    from featurelib.compute import FeatureComputer
+
+    with _no_downloads():
+        try:
+            return FeatureComputer(spec, artifacts), []
+        except Exception:  # noqa: BLE001 - find which extractor, below
+            pass
+        kept, notes = [], []
+        for feature in spec.features:
+            try:
+                FeatureComputer(dataclasses.replace(spec, features=(feature,)), artifacts).close()
+                kept.append(feature)
+            except Exception as exc:  # noqa: BLE001 - any reason it cannot load here: say it, time the rest
+                notes.append(f"{feature.column} not timed (cannot load here: {type(exc).__name__}: {exc})")
+        return FeatureComputer(dataclasses.replace(spec, features=tuple(kept)), artifacts), notes
+
+
 def measure(spec: RunSpec, records: Sequence[SourceRecord], n: int) -> dict[str, Any]:
     """Time `n` sampled inputs through read, decode, preprocess, augment and extract, in this process.
 
@@ -187,7 +227,8 @@ def measure(spec: RunSpec, records: Sequence[SourceRecord], n: int) -> dict[str,
             notes += dropped
             images = [v.image for item in prepared for v in item.variants]
             t0 = time.perf_counter()
-            computer = FeatureComputer(timed, artifacts)
+            computer, unusable = _buildable(timed, artifacts)
+            notes += unusable
             try:
                 if images:
                     computer.extract(images[:1])  # imports, graph tracing: once per worker

@@ -322,6 +322,28 @@ def test_plan_without_an_output_plans_anyway(digits_dir, tmp_path, monkeypatch, 
     assert tree(tmp_path) == sorted(["spec.yaml", *(os.path.join("in", k) for k in tree(root))])
 
 
+def test_plan_fetches_no_weights_and_times_the_other_columns(digits_dir, tmp_path, monkeypatch, capsys):
+    from conftest import copy_digits
+    from featurelib.deep import weights
+    from featurelib.deep.backbones import VGG16
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    if weights.cached_file(VGG16.imagenet) is not None:
+        pytest.skip("VGG16's ImageNet file is cached in /tmp/.keras here")
+    root = copy_digits(digits_dir, tmp_path / "in", step=100, limit=10)
+    spec = write_spec(tmp_path / "spec.yaml", features=[{"name": "color_stats"},
+                                                        {"name": "vgg16", "params": {"pooling": "avg"}}])
+    code, text, err = run(["plan", "--spec", str(spec), "--input", str(root), "--sample", "2", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(text)
+    assert report["dim"] == 9 + 512 and report["estimate"]["sampled"] == 2
+    note = report["estimate"]["notes"][0]
+    assert note.startswith("vgg16 not timed (cannot load here: SpecError: weights: imagenet: "
+                           "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 is not in Keras' cache"), note
+    assert "(a run fetches it first; plan does not)" in note
+    assert not (tmp_path / "keras").exists() and weights.cached_file(VGG16.imagenet) is None
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--input", "{tmp}/none"], "featurize: error: input '{tmp}/none' is not a folder (or a .csv/.parquet manifest)"),
     (["--sample", "-1"], "featurize: error: --sample must be >= 0, got -1"),
