@@ -31,7 +31,10 @@ EXTRAS = {
     "deep": ["tensorflow-cpu==2.21.0"],     # Keras 3.15 VGG16; the CPU build never pulls CUDA
     "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],  # import with TF 2.21 + protobuf 6.33 (checked); int8 bytes follow ORT
     "torch": ["torch==2.13.0"],             # the PyTorch reader; 2.13.0 is the CPU build pip finds on this disk
-    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "duckdb>=1.1"],
+    # moto's S3 server on 127.0.0.1 and s3fs (which pins aiobotocore, which pins botocore): the
+    # object-store tests (tests/test_object_store.py); measured with moto 5.2.5, s3fs 2026.9.0.
+    "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "duckdb>=1.1",
+             "moto[server]>=5.1,<6", "s3fs>=2024.6"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
