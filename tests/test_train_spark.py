@@ -229,7 +229,8 @@ def submitted(three_digits):
     return three_digits / "models" / "svm-pca", done
 
 
-def test_spark_submit_trains_linear_svm_after_pca_and_standardisation(submitted, three_digits):
+def test_spark_submit_trains_linear_svm_after_pca_and_standardisation(submitted, three_digits, spark):
+    # spark: loading the saved scaler needs an active session (the shared one), whatever ran before
     from pyspark.ml.feature import StandardScalerModel
 
     model_dir, done = submitted
