@@ -44,6 +44,7 @@ setup(
     description="Distributed image preprocessing and feature extraction (Beam, Spark, local)",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["featurelib", "featurelib.*", "pipelines", "pipelines.*", "jobs", "jobs.*"]),
+    package_data={"jobs": ["log4j2.properties"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="native threads per worker process (overrides execution.threads_per_worker)")
     run.add_argument("--batch-size", type=int, default=None,
                      help="images per extractor call (overrides execution.batch_size)")
+    run.add_argument("--verbose", action="store_true",
+                     help="keep the engines' own logging (Spark's log4j INFO lines; quiet by default)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
     mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
@@ -146,10 +148,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Set by ``featurize run --verbose``: engines keep their own logging (read by jobs/session.py).
+VERBOSE_ENV = "FEATURELIB_VERBOSE"
+
+
 def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
     from featurelib.driver import execute, format_summary
     from featurelib.engines import get_engine
     from featurelib.spec import RunSpec
+
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
     spec = RunSpec.from_yaml(args.spec).with_overrides(input=args.input, output=args.output, shards=args.shards,
                                                        threads_per_worker=args.threads_per_worker,

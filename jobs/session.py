@@ -60,10 +60,28 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
     elif "SPARK_HOME" not in os.environ and not os.environ.get("PYSPARK_SUBMIT_ARGS"):
         builder = builder.master("local[*]")
     submitted = _submitted_keys()
-    defaults = {key: value for key, value in {**executor_env, **DEFAULTS}.items() if key not in submitted}
+    defaults = {key: value for key, value in {**executor_env, **DEFAULTS, **_quiet_logging()}.items()
+                if key not in submitted}
     for key, value in {**defaults, **dict(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+#: Warnings and errors only (Spark's default profile logs INFO and a banner): the file spark-submit
+#: users pass themselves (deploy/spark/README.md), used here when the session starts its own JVM.
+QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+
+#: Set (to anything) to keep Spark's own logging: ``featurize run --verbose`` sets it.
+VERBOSE_ENV = "FEATURELIB_VERBOSE"
+
+
+def _quiet_logging() -> dict[str, str]:
+    """JVM options that load :data:`QUIET_LOG4J`, unless verbose or the JVM is spark-submit's (started already)."""
+    if os.environ.get(VERBOSE_ENV) or "PYSPARK_GATEWAY_PORT" in os.environ or not os.path.exists(QUIET_LOG4J):
+        return {}
+    flag = f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+    return {key: f"{DEFAULTS[key]} {flag}" for key in ("spark.driver.extraJavaOptions",
+                                                        "spark.executor.extraJavaOptions")}
 
 
 def _submitted_keys() -> set[str]:

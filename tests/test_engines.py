@@ -208,3 +208,22 @@ def test_beam_module_help_shows_its_own_options(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m pipelines.extract_features") and "--incremental" in out
     assert "Every flag of Beam's PipelineOptions is accepted too" in out
+
+
+def test_spark_sessions_featurelib_starts_are_quiet_unless_verbose(monkeypatch):
+    """The JVM featurelib starts loads the packaged log4j2 file (warnings only); --verbose or spark-submit's
+    own JVM keep Spark's logging as configured."""
+    from jobs import session
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    monkeypatch.delenv(session.VERBOSE_ENV, raising=False)
+    quiet = session._quiet_logging()
+    flag = f"-Dlog4j2.configurationFile=file:{session.QUIET_LOG4J}"
+    assert quiet == {"spark.driver.extraJavaOptions": f"-XX:TieredStopAtLevel=1 {flag}",
+                     "spark.executor.extraJavaOptions": f"-XX:TieredStopAtLevel=1 {flag}"}
+    assert "rootLogger.level = warn" in open(session.QUIET_LOG4J).read()
+    monkeypatch.setenv(session.VERBOSE_ENV, "1")
+    assert session._quiet_logging() == {}
+    monkeypatch.delenv(session.VERBOSE_ENV)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")
+    assert session._quiet_logging() == {}

@@ -158,3 +158,6 @@ def test_an_object_store_key_among_spark_settings_appears_nowhere(corpus, tmp_pa
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_no_secret(out, done.stdout, done.stderr)
+    # Quiet by default: none of Spark's banner, log4j or native-library lines (featurelib's own only).
+    for noise in ("Using Spark's default log4j profile", "NativeCodeLoader", "Setting default log level", " INFO "):
+        assert noise not in done.stderr, noise
