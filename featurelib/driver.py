@@ -275,7 +275,7 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     check_saved_artifacts(spec)
     if incremental:
         return _execute_incremental(spec, engine, prune=prune, log=log, started=started)
-    tasks = plan(spec)
+    tasks = plan(spec, log=log)
     warn_unused_labels(spec, tasks, log)
     check_output(spec, overwrite=overwrite)
     lock = acquire_lock(spec.output.path, log=log)  # before anything in the output changes
@@ -367,8 +367,10 @@ def _start_passes(spec: RunSpec, engine, log: Callable[[str], None]):
 def _metrics(started: float, fresh: Sequence[ShardResult], reused: Sequence[ShardResult]) -> dict[str, Any]:
     elapsed = time.time() - started
     rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
+    first = min((r.metrics["started_at"] for r in fresh if "started_at" in r.metrics), default=None)
     return {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
-            "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None}
+            "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None,
+            "first_task_s": round(first - started, 3) if first is not None else None}
 
 
 def _record_failure(spec: RunSpec, exc: BaseException, artifacts: dict[str, str] | None, *,
@@ -409,6 +411,8 @@ def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bo
         reused = [reused_result(spec, t) for t in tasks if t.shard in keep]
         manifest = commit(tasks, sorted([*fresh, *reused], key=lambda r: r.shard), engine=engine.name,
                           metrics=_metrics(started, fresh, reused))
+        if fresh:
+            log(f"featurize: first shard task started {manifest['metrics']['first_task_s']} s after the run did")
     except (PolicyError, UserError):
         raise
     except BaseException as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from featurelib.sources import Listing, SourceRecord, is_local, list_inputs, shard_of
 from featurelib.spec import RunSpec
@@ -86,7 +86,20 @@ def group(spec: RunSpec, records: Sequence[SourceRecord], label_names: Sequence[
     ]
 
 
-def plan(spec: RunSpec) -> list[ShardTask]:
+def shard_count(spec: RunSpec, records: Sequence[SourceRecord], log: Callable[[str], None] | None = None) -> int:
+    """``output.shards``, ``ceil(listed / output.rows_per_shard)``, or the count ``output.target_shard_mb``
+    gives (a sample of `records` processed and written in memory: :mod:`featurelib.shard_sizing`)."""
+    if spec.output.target_shard_mb is None:
+        return spec.output.shard_count(len(records))
+    from featurelib import shard_sizing
+
+    sized = shard_sizing.estimate(spec, records)
+    if log is not None:
+        log(sized.describe())
+    return sized.n_shards
+
+
+def plan(spec: RunSpec, *, log: Callable[[str], None] | None = None) -> list[ShardTask]:
     """List the inputs and build one task per shard (empty shards included: each writes its files).
 
     Raises
@@ -95,5 +108,5 @@ def plan(spec: RunSpec) -> list[ShardTask]:
         If the input cannot be listed (missing folder, bad manifest, no files).
     """
     listing = list_sources(spec)
-    n_shards = spec.output.shard_count(len(listing.records))
+    n_shards = shard_count(resolve_paths(spec), listing.records, log)
     return group(spec, listing.records, listing.label_names, n_shards)

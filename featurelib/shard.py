@@ -352,6 +352,7 @@ def process_shard(task: ShardTask) -> ShardResult:
         "rejected": sum(run.reasons.values()),
         "rejects_by_reason": dict(sorted(run.reasons.items())),
         "seconds": time.perf_counter() - started,
+        "started_at": round(time.time() - (time.perf_counter() - started), 3),  # epoch s: the run's time to first task
         **{k: round(v, 6) for k, v in sorted(run.timings.items())},
     }
     return ShardResult(task.shard, tuple(i.to_json() for i in infos), metrics)

@@ -262,14 +262,16 @@ class OutputSpec:
     formats: tuple[str, ...] = ("parquet", "hdf5")
     shards: int | None = None
     rows_per_shard: int | None = None
+    #: ``output.target_shard_mb``: shards sized from a sample's Parquet bytes per row (featurelib.shard_sizing).
+    target_shard_mb: float | None = None
     pixels: bool = False
     pixels_compression: str = "none"
 
     @classmethod
     def parse(cls, raw: Any) -> OutputSpec:
         section = _mapping(raw, "output")
-        _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "pixels", "pixels_compression"),
-                    "output")
+        _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "target_shard_mb", "pixels",
+                              "pixels_compression"), "output")
         formats = section.get("formats", list(cls.formats))
         if (
             not isinstance(formats, (list, tuple))
@@ -280,15 +282,22 @@ class OutputSpec:
             raise SpecError(f"output.formats must be a non-empty list drawn from {list(OUTPUT_FORMATS)}, got {formats!r}")
         shards = section.get("shards")
         rows = section.get("rows_per_shard")
-        if shards is not None and rows is not None:
-            raise SpecError("output.shards and output.rows_per_shard are exclusive; give one")
+        target = section.get("target_shard_mb")
+        given = [f"output.{k}" for k, v in (("shards", shards), ("rows_per_shard", rows), ("target_shard_mb", target))
+                 if v is not None]
+        if len(given) > 1:
+            raise SpecError(f"{' and '.join(given)} are exclusive; give one")
+        if target is not None:
+            target = _number(target, "output.target_shard_mb", low=0.0, high=1e6)
+            if target <= 0:
+                raise SpecError(f"output.target_shard_mb must be > 0, got {target:g}")
         if shards is not None:
             _int(shards, "output.shards", minimum=1)
             if shards > 99999:
                 raise SpecError(f"output.shards must be <= 99999, got {shards}")
         if rows is not None:
             _int(rows, "output.rows_per_shard", minimum=1)
-        if shards is None and rows is None:
+        if shards is None and rows is None and target is None:
             shards = 8
         pixels = section.get("pixels", False)
         if not isinstance(pixels, bool):
@@ -301,25 +310,38 @@ class OutputSpec:
         path = section.get("path")
         if path is not None and (not isinstance(path, str) or not path):
             raise SpecError(f"output.path must be a non-empty string, got {path!r}")
-        return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, pixels=pixels,
-                   pixels_compression=compression)
+        return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, target_shard_mb=target,
+                   pixels=pixels, pixels_compression=compression)
 
     def layout(self) -> dict[str, Any]:
         """The layout part of the run fingerprint (not the path: an output may move).
 
-        ``pixels_compression`` only when not ``none``: outputs written before it
-        existed keep their fingerprint.
+        ``pixels_compression`` only when not ``none``, ``target_shard_mb`` only when set:
+        outputs written before they existed keep their fingerprint. The shard count a
+        target gives is not in it: it follows from the target and the inputs, as the count
+        of ``rows_per_shard`` does (and is in every shard's file name).
         """
         layout = {"formats": list(self.formats), "shards": self.shards,
                   "rows_per_shard": self.rows_per_shard, "pixels": self.pixels}
+        if self.target_shard_mb is not None:
+            layout["target_shard_mb"] = self.target_shard_mb
         if self.pixels_compression != "none":
             layout["pixels_compression"] = self.pixels_compression
         return layout
 
     def shard_count(self, listed: int) -> int:
-        """``shards``, or ``ceil(listed / rows_per_shard)`` (at least 1)."""
+        """``shards``, or ``ceil(listed / rows_per_shard)`` (at least 1).
+
+        Raises
+        ------
+        ValueError
+            With ``target_shard_mb``: the count needs the sample pass of
+            :func:`featurelib.shard_sizing.shard_count` (which :func:`featurelib.plan.plan` runs).
+        """
         if self.shards is not None:
             return self.shards
+        if self.rows_per_shard is None:
+            raise ValueError("output.target_shard_mb: the shard count comes from featurelib.shard_sizing")
         return max(1, math.ceil(listed / self.rows_per_shard))
 
 
@@ -514,7 +536,8 @@ class RunSpec:
             spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, path=output))
         if shards is not None:
             _int(shards, "--shards", minimum=1)
-            spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, shards=shards, rows_per_shard=None))
+            spec = dataclasses.replace(spec, output=dataclasses.replace(spec.output, shards=shards, rows_per_shard=None,
+                                                                                   target_shard_mb=None))
         return spec
 
     def require_paths(self) -> None:
@@ -548,6 +571,8 @@ class RunSpec:
             "output": {"path": self.output.path, "formats": list(self.output.formats),
                        "pixels": self.output.pixels, "pixels_compression": self.output.pixels_compression,
                        **({"shards": self.output.shards} if self.output.shards is not None
+                          else {"target_shard_mb": self.output.target_shard_mb}
+                          if self.output.target_shard_mb is not None
                           else {"rows_per_shard": self.output.rows_per_shard})},
             "failures": {"max_reject_fraction": self.failures.max_reject_fraction},
             "execution": {"threads_per_worker": self.execution.threads_per_worker,
