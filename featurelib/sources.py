@@ -66,13 +66,20 @@ def split_of(seed: int, identity: str, fractions: Mapping[str, float]) -> str:
     `identity` is the source key (``split.by: key``) or the sha256 hex of the
     input bytes (``split.by: content``).
     """
-    digest = hashlib.sha256(f"{seed}:{identity}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < fractions["train"]:
-        return "train"
-    if u < fractions["train"] + fractions["val"]:
-        return "val"
-    return "test"
+    return _splitter(seed, fractions)(identity)
+
+
+def _splitter(seed: int, fractions: Mapping[str, float]):
+    """:func:`split_of` for one seed and fractions, as a function of the identity (listing calls it per input)."""
+    prefix = f"{seed}:".encode()
+    train, val = fractions["train"], fractions["train"] + fractions["val"]
+    sha256, from_bytes, scale = hashlib.sha256, int.from_bytes, 2**64
+
+    def split(identity: str) -> str:
+        u = from_bytes(sha256(prefix + identity.encode()).digest()[:8], "big") / scale
+        return "train" if u < train else "val" if u < val else "test"
+
+    return split
 
 
 def shard_of(source_key: str, n_shards: int) -> int:
@@ -84,37 +91,102 @@ def shard_of(source_key: str, n_shards: int) -> int:
 # --- listing ----------------------------------------------------------------
 
 
-def _walk_local(root: str) -> list[tuple[str, str]]:
-    """(source_key, absolute path) of every regular file under `root`, hidden names excepted.
+def _walk_local(root: str) -> list[tuple[str, str, bool]]:
+    """(source_key, path, plain) of every file under `root`, hidden names excepted, as ``os.walk`` lists them.
 
-    Symlinks are followed only when they stay inside the root; one that leaves
-    it is still listed (it will be rejected), so nothing found disappears.
+    ``plain`` is True for a regular file that is no symbolic link: found by walking real
+    folders down from the root, it is inside the root by construction, so the checks of
+    :func:`list_folder` (``realpath`` of each path: an ``lstat`` per path component) are
+    for the others only. Folders are scanned with ``os.scandir``, whose entries know their
+    type without a ``stat`` on most file systems; keys are built from the names, not
+    with ``relpath``. A symbolic link to a folder is not descended into (``os.walk``
+    with ``followlinks=False``); a link to a file, or a link that leads nowhere, is
+    listed (it will be rejected if it leaves the root), so nothing found disappears.
     """
-    found: list[tuple[str, str]] = []
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        for name in filenames:
-            if _hidden(name):
-                continue
-            path = os.path.join(directory, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            found.append((rel, path))
+    found: list[tuple[str, str, bool]] = []
+    pending = [(root, "")]
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            scanner = os.scandir(directory)
+        except OSError:  # as os.walk does: a folder that cannot be read lists nothing
+            continue
+        folders = []
+        with scanner:
+            for entry in scanner:
+                name = entry.name
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if _hidden(name):
+                    continue
+                if is_dir:
+                    if not entry.is_symlink():
+                        folders.append((entry.path, f"{prefix}{name}/"))
+                    continue
+                try:
+                    plain = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    plain = False
+                found.append((prefix + name, entry.path, plain))
+        pending.extend(sorted(folders, reverse=True))
     return found
 
 
+#: Threads listing the top-level folders of a remote root at once (each a paginated, latency-bound ``find``).
+LIST_THREADS = 16
+
+
 def _walk_fsspec(root: str, storage_options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(source_key, uri) of every object under a remote root, hidden names excepted.
+
+    The root's entries are listed first; its folders (the classes) are then each
+    listed with a recursive ``find`` of their own, :data:`LIST_THREADS` at a time:
+    on an object store every page of a listing is a round trip, and one ``find``
+    of the whole root walks its pages one after the other.
+    """
     import fsspec
 
     fs, base = fsspec.core.url_to_fs(root, **storage_options)
     base = base.rstrip("/")
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    paths = _find_parallel(fs, base)
     found = []
-    for path in fs.find(base, withdirs=False):
+    for path in paths:
         rel = path[len(base) :].lstrip("/")
         if any(_hidden(part) for part in rel.split("/")):
             continue
         found.append((rel, f"{protocol}://{path}" if protocol not in ("file", "local") else path))
     return found
+
+
+def _find_parallel(fs: Any, base: str) -> list[str]:
+    """``fs.find(base, withdirs=False)``, with each top-level folder found in a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        entries = fs.ls(base, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = None
+    if not entries:
+        return list(fs.find(base, withdirs=False))
+    files, folders = [], []
+    for entry in entries:
+        name = entry["name"].rstrip("/")
+        if name == base or not name.startswith(base + "/"):
+            continue  # some stores list the folder itself; its own entry is no input
+        if entry.get("type") == "directory":
+            if not _hidden(name.rsplit("/", 1)[-1]):
+                folders.append(name)
+        else:
+            files.append(name)
+    if len(folders) < 2:
+        return list(fs.find(base, withdirs=False))
+    with ThreadPoolExecutor(min(LIST_THREADS, len(folders)), thread_name_prefix="featurelib-list") as pool:
+        for listed in pool.map(lambda folder: fs.find(folder, withdirs=False), folders):
+            files.extend(listed)
+    return files
 
 
 def _label_index(names: Sequence[str], explicit: Sequence[str] | None) -> tuple[str, ...]:
@@ -135,6 +207,7 @@ def _assign(
     label_names = _label_index([i[2] for i in items if i[2] is not None and i[4] is None], labels)
     index = {name: i for i, name in enumerate(label_names)}
     records = []
+    split_of_key = _splitter(seed, fractions)
     for key, uri, label_name, split, reject in sorted(items, key=lambda i: i[0]):
         label = -1
         if reject is None and label_name is not None:
@@ -143,7 +216,7 @@ def _assign(
             else:
                 label = index[label_name]
         if reject is None and split is None and not by_content:
-            split = split_of(seed, key, fractions)
+            split = split_of_key(key)
         records.append(SourceRecord(key, uri, label, label_name, split, reject))
     return Listing(tuple(records), label_names)
 
@@ -166,16 +239,16 @@ def list_folder(root: str, *, storage_options: Mapping[str, Any] | None = None,
         found = _walk_local(local)
         real_root = os.path.realpath(local)
     else:
-        found = _walk_fsspec(root, storage_options or {})
+        found = [(rel, uri, True) for rel, uri in _walk_fsspec(root, storage_options or {})]
         real_root = None
     if not found:
         raise UserError(f"input folder {root!r} holds no files")
     items = []
-    for rel, uri in found:
-        parts = rel.split("/")
-        label_name = parts[0] if len(parts) > 1 else None
+    for rel, uri, plain in found:
+        slash = rel.find("/")
+        label_name = rel[:slash] if slash >= 0 else None
         reject = None
-        if real_root is not None:
+        if not plain and real_root is not None:
             real = os.path.realpath(uri)
             if os.path.commonpath([real, real_root]) != real_root:
                 reject = ("invalid_input", "a symbolic link that leads outside the input root")
@@ -214,7 +287,8 @@ def _manifest_bytes(path: str, storage_options: Mapping[str, Any]) -> Any:
     return buffer
 
 
-def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The manifest's columns (``uri`` and those of ``label``, ``split``, ``id`` it has), as lists."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -243,7 +317,8 @@ def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> list[
     unknown = sorted(set(table.column_names) - {"uri", "label", "split", "id"})
     if unknown:
         raise UserError(f"input manifest {path!r} has unknown column(s) {unknown}; allowed: uri, label, split, id")
-    return table.to_pylist()
+    # Column by column: a dict per row (Table.to_pylist) took most of the listing of a 100,000-row manifest.
+    return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def _as_text(value: Any) -> str | None:
@@ -263,17 +338,20 @@ def list_manifest(path: str, *, storage_options: Mapping[str, Any] | None = None
     a list-stage reject ``invalid_input``.
     """
     fractions = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
-    rows = _read_manifest_table(path, storage_options or {})
-    if not rows:
+    columns = _read_manifest_table(path, storage_options or {})
+    count = len(columns["uri"])
+    if not count:
         raise UserError(f"input manifest {path!r} has no rows")
     base = os.path.dirname(os.path.abspath(_local_path(path))) if is_local(path) else None
     items = []
     seen: set[str] = set()
-    for number, row in enumerate(rows, start=1):
-        uri = _as_text(row.get("uri"))
-        key = _as_text(row.get("id")) or uri or f"<manifest row {number}>"
-        label_name = _as_text(row.get("label"))
-        split = _as_text(row.get("split"))
+    nothing = [None] * count
+    rows = zip(columns["uri"], columns.get("id", nothing), columns.get("label", nothing), columns.get("split", nothing))
+    for number, (uri, key, label_name, split) in enumerate(rows, start=1):
+        uri = _as_text(uri)
+        key = _as_text(key) or uri or f"<manifest row {number}>"
+        label_name = _as_text(label_name)
+        split = _as_text(split)
         reject = None
         if key in seen:
             reject = ("invalid_input", f"manifest row {number} repeats id {key!r}")
