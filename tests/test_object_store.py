@@ -192,3 +192,68 @@ def test_open_dataset_reads_an_uploaded_output_from_s3(s3, corpus, tmp_path):
         np.testing.assert_array_equal(got.X, want.X)
         np.testing.assert_array_equal(got.y, want.y)
 
+
+@pytest.fixture(params=["local", "s3", "memory"])
+def output_at(request, tmp_path):
+    """open_output(...) of a fresh output root: a local folder, an S3 prefix on moto, fsspec's memory."""
+    from featurelib.io.outfs import open_output
+
+    if request.param == "local":
+        yield open_output(str(tmp_path / "out"))
+    elif request.param == "s3":
+        s3 = request.getfixturevalue("s3")
+        yield open_output(f"s3://{BUCKET}/outfs-{tmp_path.name}", s3["options"])
+    else:
+        yield open_output(f"memory://outfs-{tmp_path.name}")
+
+
+def test_output_file_operations_on_a_folder_and_object_stores(output_at, tmp_path):
+    """The operations a commit on an object store needs (featurelib.io.outfs): put a finished file in
+    place whole, create a lock exclusively (a conditional put on S3), list, read, delete."""
+    out = output_at
+    out.makedirs("parquet")
+    assert out.listdir() == (["parquet"] if not out.remote else [])
+    staged = out.staging("parquet/part-00000-of-00002.parquet")
+    pathlib.Path(staged).write_bytes(b"rows")
+    out.put(staged, "parquet/part-00000-of-00002.parquet")
+    assert not os.path.exists(staged)
+    out.write_bytes("_manifest.json", b"{}")
+    assert out.exists("parquet/part-00000-of-00002.parquet") and out.exists("_manifest.json")
+    assert out.read_bytes("parquet/part-00000-of-00002.parquet") == b"rows"
+    assert out.listdir() == ["_manifest.json", "parquet"]
+    assert out.listdir("parquet") == ["part-00000-of-00002.parquet"]
+    assert out.create_exclusive("_LOCK", b"first")
+    assert not out.create_exclusive("_LOCK", b"second")
+    assert out.read_bytes("_LOCK") == b"first" and out.exclusive
+    out.remove("_LOCK")
+    assert out.create_exclusive("_LOCK", b"third")
+    out.remove("parquet")
+    out.remove("missing")
+    assert out.listdir() == ["_LOCK", "_manifest.json"]
+    assert not any(".tmp-" in name for name in out.listdir() + out.listdir("parquet"))
+    if out.remote:
+        out.close()
+
+
+def test_an_exclusive_create_on_s3_has_one_winner_among_racing_writers(s3):
+    """The lock's primitive on an object store: 8 writers at once, one conditional put succeeds."""
+    import threading
+
+    from featurelib.io.outfs import open_output
+
+    for trial in range(5):
+        outs = [open_output(f"s3://{BUCKET}/race-{trial}", s3["options"]) for _ in range(8)]
+        won = [None] * 8
+        barrier = threading.Barrier(8)
+
+        def create(i, outs=outs, won=won, barrier=barrier):
+            barrier.wait()
+            won[i] = outs[i].create_exclusive("_LOCK", str(i).encode())
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(won) == 1, won
+        assert outs[0].read_bytes("_LOCK") == str(won.index(True)).encode()

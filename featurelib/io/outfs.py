@@ -1,0 +1,201 @@
+"""The file operations an output needs, on a local folder or an fsspec object store.
+
+Building block of object-store outputs (issue #12; not yet used by the driver, which still
+refuses non-local outputs). Paths are relative to the output root, ``/`` separators.
+
+* :class:`LocalOutput`: plain ``os`` calls; a file is put in place by ``os.replace`` of a
+  temporary sibling (atomic on a POSIX file system), an exclusive create by ``os.link``.
+* :class:`RemoteOutput`: an fsspec file system (``s3://``, ``gs://``, ``memory://``, ...). An object
+  store has no rename: a file is written locally first, then uploaded to its final key (an S3 PUT,
+  multipart or not, makes the object visible whole or not at all), so no temporary object ever
+  exists. An exclusive create is a conditional put (``If-None-Match: *``, fsspec's
+  ``pipe(..., mode="create")``), which S3 and moto honour; a file system without it gets a
+  best-effort create (look, write, read back), which :attr:`RemoteOutput.exclusive` reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from featurelib.io.files import temp_path
+
+
+def is_remote(root: str) -> bool:
+    """True for URIs other than plain paths and ``file://``."""
+    return "://" in root and not root.startswith("file://")
+
+
+class LocalOutput:
+    """An output folder on a local or mounted file system."""
+
+    remote = False
+    exclusive = True
+
+    def __init__(self, root: str) -> None:
+        self.root = root[len("file://"):] if root.startswith("file://") else root
+
+    def path(self, rel: str = "") -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.path(rel))
+
+    def isdir(self, rel: str = "") -> bool:
+        return os.path.isdir(self.path(rel))
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly under `rel` (sorted; none if it is no folder)."""
+        return sorted(os.listdir(self.path(rel))) if self.isdir(rel) else []
+
+    def read_bytes(self, rel: str) -> bytes:
+        with open(self.path(rel), "rb") as handle:
+            return handle.read()
+
+    def makedirs(self, rel: str = "") -> None:
+        os.makedirs(self.path(rel), exist_ok=True)
+
+    def staging(self, rel: str) -> str:
+        """Where to write the file that will become `rel`: a unique temporary sibling (same file system)."""
+        self.makedirs(os.path.dirname(rel))
+        return temp_path(self.path(rel))
+
+    def put(self, staged: str, rel: str) -> None:
+        """Move the finished file `staged` (from :meth:`staging`) to `rel`, atomically."""
+        os.replace(staged, self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        staged = self.staging(rel)
+        try:
+            with open(staged, "wb") as handle:
+                handle.write(data)
+            self.put(staged, rel)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staged)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` only if nothing is there; False if something is."""
+        staged = self.staging(rel)
+        try:
+            with open(staged, "wb") as handle:
+                handle.write(data)
+            os.link(staged, self.path(rel))  # never half-written, fails if it exists
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staged)
+        return True
+
+    def remove(self, rel: str) -> None:
+        """Delete the file or folder `rel`, if there is one."""
+        path = self.path(rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+class RemoteOutput:
+    """An output under an fsspec URI; files are staged in a local folder, then uploaded."""
+
+    remote = True
+
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.fs, base = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
+        self.root = root.rstrip("/")
+        self.base = base.rstrip("/")
+        self._stage_dir: str | None = None
+        self.exclusive = True  # until a put with mode="create" is refused as unsupported
+
+    def path(self, rel: str = "") -> str:
+        """The file system's path (no protocol) of `rel`."""
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def isdir(self, rel: str = "") -> bool:
+        return self.fs.isdir(self.path(rel))
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly under `rel` (files and prefixes, sorted; none if there are none)."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        prefix = self.path(rel).rstrip("/") + "/"
+        return sorted({e[len(prefix):].split("/")[0] for e in entries if e.startswith(prefix)} - {""})
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def makedirs(self, rel: str = "") -> None:
+        """Nothing to do on an object store (prefixes exist through their objects)."""
+
+    def staging(self, rel: str) -> str:
+        """A local file to write `rel` into before :meth:`put` uploads it."""
+        if self._stage_dir is None or not os.path.isdir(self._stage_dir):
+            self._stage_dir = tempfile.mkdtemp(prefix="featurelib-stage-")
+        return temp_path(os.path.join(self._stage_dir, rel.replace("/", "__")))
+
+    def put(self, staged: str, rel: str) -> None:
+        """Upload the finished local file `staged` to `rel` (visible whole or not at all), then delete it."""
+        try:
+            self.fs.put_file(staged, self.path(rel))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staged)
+        self.fs.invalidate_cache(self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(rel), data)
+        self.fs.invalidate_cache(self.path(rel))
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` only if nothing is there: a conditional put where the store has
+        one; otherwise best effort (:attr:`exclusive` becomes False): look, write, read back."""
+        path = self.path(rel)
+        if self.exclusive:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError, ValueError):
+                self.exclusive = False
+        self.fs.invalidate_cache(path)
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        self.fs.invalidate_cache(path)
+        return self.fs.cat_file(path) == data
+
+    def remove(self, rel: str) -> None:
+        """Delete the object `rel`, or every object under the prefix `rel`, if any."""
+        path = self.path(rel)
+        with contextlib.suppress(FileNotFoundError):
+            if self.fs.isdir(path):
+                self.fs.rm(path, recursive=True)
+            else:
+                self.fs.rm_file(path)
+        self.fs.invalidate_cache(path)
+
+    def close(self) -> None:
+        """Remove the local staging folder."""
+        if self._stage_dir is not None:
+            shutil.rmtree(self._stage_dir, ignore_errors=True)
+            self._stage_dir = None
+
+
+def open_output(root: str, storage_options: Mapping[str, Any] | None = None) -> LocalOutput | RemoteOutput:
+    """The output at `root`: :class:`LocalOutput` for paths and ``file://``, else :class:`RemoteOutput`."""
+    return RemoteOutput(root, storage_options) if is_remote(root) else LocalOutput(root)
