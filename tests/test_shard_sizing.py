@@ -54,6 +54,10 @@ def test_digit_shards_are_within_20_percent_of_the_target(digits_dir, tmp_path, 
     median, worst = deviations(sizes, target)
     assert median <= 0.20 and worst <= 0.20, (sizes, median, worst)
     assert any("output.target_shard_mb" in line and f"{len(sizes)} shards" in line for line in logged), logged
+    # Time to the first record (issue #13's second target): in the metrics and the log.
+    metrics = manifest["metrics"]
+    assert 0 < metrics["first_task_s"] < metrics["wall_s"]
+    assert f"featurize: first shard task started {metrics['first_task_s']} s after the run did" in logged
 
 
 def test_augmented_photos_estimate_their_parquet_bytes(tmp_path):
