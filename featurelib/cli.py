@@ -77,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--scale", type=int, default=1, help="repeat the set this many times (benchmarks)")
 
-    compare = sub.add_parser("compare", help="check that outputs hold byte-identical Parquet shards, rejects, "
-                                             "statistics and artefacts")
+    compare = sub.add_parser("compare", help="say what differs between outputs (files, rows, columns, values, "
+                                             "rejects, manifests), each against the first")
     compare.add_argument("outputs", nargs="+")
+    compare.add_argument("--json", action="store_true", help="print the full comparison")
 
     inspect = sub.add_parser("inspect", help="describe a committed output")
     inspect.add_argument("output")
@@ -216,24 +217,23 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from featurelib.compare import compare_pair, summary_line
     from featurelib.io.readers import load_manifest
 
-    def fingerprint(manifest):
-        # Parquet, reject, statistics and artefact bytes are engine-independent by design;
-        # HDF5 bytes are not compared.
-        return sorted((f["path"], f["sha256"]) for f in manifest["files"]
-                      if f["kind"] in ("parquet", "rejects", "stats", "stats_summary", "artifact"))
-
+    if len(args.outputs) < 2:
+        raise UserError("compare needs at least two outputs")
     manifests = [load_manifest(path) for path in args.outputs]
-    reference = fingerprint(manifests[0])
-    same = True
-    for path, manifest in zip(args.outputs, manifests):
-        agrees = fingerprint(manifest) == reference and manifest["counts"] == manifests[0]["counts"]
-        same &= agrees
-        print(f"{'same' if agrees else 'DIFFERENT':<10}{manifest['engine']:<7}{path}  "
-              f"({len(reference)} files, counts {manifest['counts']})")
-    print("outputs agree: identical Parquet shards, rejects, statistics and artefacts" if same
-          else "outputs differ")
+    pairs = [compare_pair(args.outputs[0], manifests[0], path, manifest)
+             for path, manifest in zip(args.outputs[1:], manifests[1:])]
+    same = all(pair["same_data"] for pair in pairs)
+    if args.json:
+        print(json.dumps({"same_data": same, "pairs": pairs}, indent=2, sort_keys=True))
+        return EXIT_OK if same else EXIT_ERROR
+    for pair in pairs:
+        print(summary_line(pair))
+        for line in pair["details"]:
+            print(f"  {line}")
+    print("outputs hold the same data" if same else "outputs differ")
     return EXIT_OK if same else EXIT_ERROR
 
 
