@@ -67,18 +67,18 @@ def test_identical_copy_is_same(outputs, capsys):
                                  "outputs hold the same data"])
 
 
+def _change_one_value(out):
+    def change(table):
+        values = table.column("color_stats").to_pylist()
+        values[0][2] += 0.25
+        i = table.column_names.index("color_stats")
+        return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+    _rewrite(out / PART0, change)
+
+
 def test_one_changed_value(outputs, capsys):
     tmp, base, _ = outputs
-
-    def tamper(out):
-        def change(table):
-            values = table.column("color_stats").to_pylist()
-            values[0][2] += 0.25
-            i = table.column_names.index("color_stats")
-            return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
-        _rewrite(out / PART0, change)
-
-    _assert_differs(capsys, base, _copy(tmp, base, "value", tamper), "values",
+    _assert_differs(capsys, base, _copy(tmp, base, "value", _change_one_value), "values",
                     "values: color_stats differs in 1 of 36 rows, max abs diff 0.25")
 
 
@@ -113,9 +113,7 @@ def test_settings_only_difference_is_same_data(outputs, capsys):
 def test_json_and_several_outputs_and_user_mistake(outputs, capsys):
     tmp, base, isolated = outputs
     copy = _copy(tmp, base, "copy")
-    value = tmp / "value"
-    if not value.exists():
-        pytest.skip("needs test_one_changed_value")
+    value = _copy(tmp, base, "value", _change_one_value)  # the same copy test_one_changed_value makes
     code, lines = _compare(capsys, base, copy, value, json_out=True)
     report = json.loads("\n".join(lines))
     assert code == 1 and report["same_data"] is False
