@@ -33,16 +33,28 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "sample-data" in out.stdout and "inspect" in out.stdout
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(900)
 def test_make_demo_from_a_fresh_clone(tmp_path):
-    """The README's first command, exactly as a newcomer runs it: clone, `make demo`."""
+    """The README's first command in a fresh clone: `make demo`, every step after the install.
+
+    The install step itself (a second 4 GB virtual environment) is not repeated here: CI runs
+    `make test` from a fresh clone, which builds `.venv` with the same recipe, and a CI machine
+    once ran out of disk building a second one. The clone's `make demo` uses the environment the
+    suite runs in (VENV) and a stamp newer than the clone's setup.py, so make skips the install.
+    """
     if shutil.which("git") is None or shutil.which("make") is None:
         pytest.fail("git and make are needed for the quick start")
     clone = tmp_path / "fresh"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    venv = pathlib.Path(sys.executable).parent.parent
+    stamp = tmp_path / "installed"
+    stamp.touch()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "FEATURELIB"))}
     env["PATH"] = ":".join(p for p in env["PATH"].split(":") if ".venv" not in p)
-    result = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "demo", f"VENV={venv}", f"STAMP={stamp}"], cwd=clone, env=env, capture_output=True, text=True
+    )
+    assert "pip install" not in result.stdout, "make demo reinstalled the environment"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "outputs hold the same data" in result.stdout  # featurize compare of the three engines
     for engine in ("local", "beam", "spark"):
