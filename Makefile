@@ -2,8 +2,8 @@
 #   make demo   set up .venv, build the digits sample, run the pipeline, print a summary, train a classifier
 #   make test   set up .venv, run the whole test suite
 PYTHON ?= python3
-# A recipe line that pipes (make demo filters Beam workers' start-up logging) fails when its
-# command fails, not only when the last stage of the pipe does.
+# A recipe line that pipes fails when its command fails, not only when the last stage of the
+# pipe does.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 VENV   := .venv
@@ -25,7 +25,7 @@ demo: install
 	test -d data/demo/digits || $(BIN)/featurize sample-data digits data/demo/digits
 	$(BIN)/featurize run --engine local --spec deploy/specs/demo.yaml --output out/demo/local --overwrite
 	$(BIN)/featurize run --engine beam  --spec deploy/specs/demo.yaml --output out/demo/beam --overwrite \
-		--direct_num_workers=2 --direct_running_mode=multi_processing 2>&1 | grep -v "^INFO:"
+		--direct_num_workers=2 --direct_running_mode=multi_processing
 	$(BIN)/featurize run --engine spark --spec deploy/specs/demo.yaml --output out/demo/spark --overwrite \
 		--conf spark.ui.enabled=false
 	$(BIN)/featurize compare out/demo/local out/demo/beam out/demo/spark

@@ -14,10 +14,12 @@ the driver reads them back in task order and commits on its side.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the checkout importable
@@ -92,7 +94,7 @@ class BeamEngine(Engine):
             return []
         os.makedirs(work_dir, exist_ok=True)
         try:
-            with self.pipeline_factory() as pipeline:
+            with quiet_workers(), self.pipeline_factory() as pipeline:
                 build_pipeline(pipeline, function, items, work_dir)
         except Exception as exc:
             raise RuntimeError(f"Beam pipeline failed: {_root_message(exc)}") from exc
@@ -101,6 +103,47 @@ class BeamEngine(Engine):
             with open(result_path(work_dir, index), "rb") as handle:
                 results.append(pickle.load(handle))  # written by our own workers in this run
         return results
+
+
+#: Set (to anything) to keep Beam's own logging: ``featurize run --verbose`` sets it.
+VERBOSE_ENV = "FEATURELIB_VERBOSE"
+
+#: The folder whose ``sitecustomize.py`` quiets Beam's worker subprocesses (read it for why and how).
+WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
+
+#: Where the FnApiRunner logs again, on the driver, each record its worker subprocesses send it.
+_RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+
+
+def _not_relayed(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Worker: ")
+
+
+@contextlib.contextmanager
+def quiet_workers() -> Iterator[None]:
+    """While a pipeline runs: Beam's worker subprocesses log warnings and errors only (quiet by default).
+
+    The workers (``--direct_running_mode=multi_processing``) inherit this process's environment: with
+    :data:`WORKER_SITE` first on their PYTHONPATH each one logs its own warnings and errors to stderr,
+    and none of its INFO lines. The copy of each record the runner logs again here, as one line of
+    protobuf text, is dropped (the worker has printed it). Nothing changes with ``--verbose``
+    (:data:`VERBOSE_ENV`). The runner's exit status and a failed bundle's error are untouched.
+    """
+    if os.environ.get(VERBOSE_ENV) or not os.path.isfile(os.path.join(WORKER_SITE, "sitecustomize.py")):
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(entry for entry in (WORKER_SITE, before) if entry)
+    relay = logging.getLogger(_RELAY_LOGGER)
+    relay.addFilter(_not_relayed)
+    try:
+        yield
+    finally:
+        relay.removeFilter(_not_relayed)
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _root_message(exc: BaseException) -> str:

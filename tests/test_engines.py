@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -227,3 +231,44 @@ def test_spark_sessions_featurelib_starts_are_quiet_unless_verbose(monkeypatch):
     monkeypatch.delenv(session.VERBOSE_ENV)
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")
     assert session._quiet_logging() == {}
+
+
+def test_beam_worker_subprocesses_are_quiet_unless_verbose(digits_dir, tmp_path, monkeypatch):
+    """``--direct_running_mode=multi_processing``: Beam's SDK-harness subprocesses configure their own
+    logging (INFO up, to stderr); featurize run keeps them to warnings and errors, less their start-up
+    noise, so ``make demo`` needs no ``grep -v``. ``--verbose`` leaves Beam's logging as it is."""
+    from conftest import copy_digits, write_spec
+
+    root = copy_digits(digits_dir, tmp_path / "in", step=50, limit=36)
+    spec = write_spec(tmp_path / "spec.yaml", output={"shards": 2})
+    featurize = str(pathlib.Path(sys.executable).parent / "featurize")
+    env = {k: v for k, v in os.environ.items() if k != "FEATURELIB_VERBOSE"}
+
+    def run(*extra):
+        return subprocess.run([featurize, "run", "--engine", "beam", "--spec", str(spec), "--input", str(root),
+                               "--output", str(tmp_path / "o"), "--overwrite", *extra, "--direct_num_workers=2",
+                               "--direct_running_mode=multi_processing"],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    noise = [line for line in quiet.stderr.splitlines()
+             if line.startswith("INFO:") or "semi_persistent_directory" in line or "apitools" in line]
+    assert not noise, quiet.stderr[-3000:]
+    assert "featurize: 36 inputs in 2 shards on engine beam" in quiet.stderr
+    assert "featurize: pass 'main': 2 tasks in " in quiet.stderr
+    assert "written sources  36" in quiet.stdout
+    verbose = run("--verbose")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert any(line.startswith("INFO:apache_beam.runners.worker.") for line in verbose.stderr.splitlines()), \
+        verbose.stderr[-3000:]
+    # In process, the workers' PYTHONPATH is set only while a pipeline runs, and not at all with --verbose.
+    from pipelines import extract_features
+
+    before = os.environ.get("PYTHONPATH")
+    with extract_features.quiet_workers():
+        assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == extract_features.WORKER_SITE
+    assert os.environ.get("PYTHONPATH") == before
+    monkeypatch.setenv(extract_features.VERBOSE_ENV, "1")
+    with extract_features.quiet_workers():
+        assert os.environ.get("PYTHONPATH") == before
