@@ -11,6 +11,9 @@
     featurize plan --spec spec.yaml [--sample 16] [--json]    (inputs, classes, shards, sizes, time estimate)
     featurize extractors [NAME] [--json]                       (every extractor, or one's parameters)
 
+``run``, ``train`` and ``predict`` take ``--log-format json``: every line they write to stderr is
+then one JSON object (:mod:`featurelib.logs`).
+
 Exit codes (:mod:`featurelib.exits`): 0 done; 2 the user's mistake (spec,
 arguments, input, output); 3 failed by policy (error budget); 130 interrupted
 (143 SIGTERM, 129 SIGHUP); 1 anything else.
@@ -24,15 +27,27 @@ import os
 import sys
 from collections.abc import Sequence
 
+from featurelib import logs
 from featurelib.errors import UserError
 from featurelib.exits import EXIT_ERROR, EXIT_OK, EXIT_USER, RESUME_HINT, with_exit_codes
+from featurelib.logs import LogLine
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 already; keep its message short and ours
-        self.print_usage(sys.stderr)
-        print(f"featurize: error: {message}", file=sys.stderr)
+        if logs.is_json():
+            logs.write(LogLine(f"featurize: error: {message}", "error", "error", exit_code=EXIT_USER,
+                               usage=self.format_usage().strip()))
+        else:
+            self.print_usage(sys.stderr)
+            print(f"featurize: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER)
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=logs.DEFAULT_FORMAT,
+                        help="stderr as text (default) or one JSON object per line (ts, level, event, message "
+                             "and the event's fields) for schedulers and log collectors; stdout is unchanged")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="images per extractor call (overrides execution.batch_size)")
     run.add_argument("--verbose", action="store_true",
                      help="keep the engines' own logging (Spark's log4j INFO lines; quiet by default)")
+    _add_log_format(run)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
     mode.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
@@ -103,12 +119,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--master", help="spark trainer: the Spark master URL")
     train.add_argument("--conf", action="append", default=[], metavar="K=V", help="spark trainer: a Spark setting "
                                                                                    "(repeatable)")
+    _add_log_format(train)
 
     predict = sub.add_parser("predict", help="apply a saved model to an output with the same features",
                              description="Write OUT_NEW/predictions/NAME.parquet: a predicted label (and "
                                          "probabilities) for every row, unlabelled ones included.")
     predict.add_argument("output", metavar="OUT_NEW", help="a committed output with the model's feature fingerprint")
     predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="a saved model, OUT/models/NAME")
+    _add_log_format(predict)
 
     report = sub.add_parser("report", help="write a self-contained HTML report of a committed output",
                             description="Counts, classes, rejects (with examples), input sizes, feature statistics, "
@@ -172,6 +190,7 @@ def _run(args: argparse.Namespace, engine_argv: list[str]) -> int:
     finally:
         engine.close()
     print(format_summary(report.manifest, spec.output.path, report.seconds))
+    logs.write_summary(report.manifest, spec.output.path, report.seconds)  # JSON only: stderr's summary event
     return EXIT_OK
 
 
@@ -325,9 +344,16 @@ def _extractors(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that a mistake in the arguments is reported in that format too.
+    with logs.using(logs.format_from_argv(argv)):
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     args, extra = _parser().parse_known_args(argv)
     if extra and args.command != "run":
-        print(f"featurize: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        logs.write(LogLine(f"featurize: error: unrecognized arguments: {' '.join(extra)}", "error", "error",
+                           exit_code=EXIT_USER))
         return EXIT_USER
     commands = {"run": lambda: _run(args, extra), "sample-data": lambda: _sample(args),
                 "compare": lambda: _compare(args), "inspect": lambda: _inspect(args),

@@ -18,7 +18,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 
+from featurelib import logs
 from featurelib.errors import PolicyError, Terminated, UserError
+from featurelib.logs import LogLine
 
 EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_POLICY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: stdout closed by its reader (``featurize inspect OUT | head``): 128 + SIGPIPE, as a shell reports it.
@@ -72,7 +74,8 @@ def stop_signals_raise() -> Iterator[None]:
 
 def _interrupted(signum: int, hint: str) -> int:
     name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-    print(f"featurize: interrupted{name}; {hint}", file=sys.stderr)
+    logs.write(LogLine(f"featurize: interrupted{name}; {hint}", "interrupted", "error",
+                       signal=signal.Signals(signum).name, exit_code=128 + signum))
     return 128 + signum
 
 
@@ -82,16 +85,19 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
     A user's mistake or a policy failure is one line; anything else (a bug, a
     broken extractor, a failed task) prints its traceback, then one line.
     `interrupted` follows ``featurize: interrupted;`` on Ctrl-C, SIGTERM or SIGHUP (what the user
-    can do next); the exit code is then 128 + the signal's number (130, 143, 129).
+    can do next); the exit code is then 128 + the signal's number (130, 143, 129). Within
+    :func:`featurelib.logs.using` ``("json")`` each of these is one JSON line with its ``exit_code``
+    (events ``error``, ``policy_failure``, ``interrupted``, ``failed``; a traceback is a field).
     """
     try:
         with stop_signals_raise():
             return action() or EXIT_OK
     except UserError as exc:
-        print(f"featurize: error: {exc}", file=sys.stderr)
+        logs.write(LogLine(f"featurize: error: {exc}", "error", "error", exit_code=EXIT_USER))
         return EXIT_USER
     except PolicyError as exc:
-        print(f"featurize: failed by policy: {exc}", file=sys.stderr)
+        logs.write(LogLine(f"featurize: failed by policy: {exc}", "policy_failure", "error",
+                           exit_code=EXIT_POLICY))
         return EXIT_POLICY
     except BrokenPipeError:
         # The reader of stdout went away: nothing left to tell it. Point stdout at /dev/null so
@@ -107,8 +113,8 @@ def with_exit_codes(action: Callable[[], int | None], *, interrupted: str = RESU
         # A full disk or quota is the machine's state, not a bug: no traceback.
         where = f": {exc.filename}" if exc.filename else ""
         # os.strerror, not exc.strerror: HDF5 puts a multi-line report there.
-        print(f"featurize: failed: {os.strerror(exc.errno)}{where}; free space first ({interrupted})",
-              file=sys.stderr)
+        logs.write(LogLine(f"featurize: failed: {os.strerror(exc.errno)}{where}; free space first ({interrupted})",
+                           "failed", "error", exception=type(exc).__name__, errno=exc.errno, exit_code=EXIT_ERROR))
         return EXIT_ERROR
     except Exception as exc:
         return _failed(exc, interrupted)
@@ -118,6 +124,10 @@ def _failed(exc: Exception, interrupted: str) -> int:
     """Anything else: its traceback and one line (exit 1); an interrupt an engine wrapped: as an interrupt."""
     if received_signal() is not None:  # an engine wrapped the interrupt into its own error
         return _interrupted(received_signal(), interrupted)
-    traceback.print_exception(exc, file=sys.stderr)
-    print(f"featurize: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    fields = {"exception": type(exc).__name__, "exit_code": EXIT_ERROR}
+    if logs.is_json():  # one line: the traceback is a field
+        fields["traceback"] = "".join(traceback.format_exception(exc))
+    else:
+        traceback.print_exception(exc, file=sys.stderr)
+    logs.write(LogLine(f"featurize: failed: {type(exc).__name__}: {exc}", "failed", "error", **fields))
     return EXIT_ERROR

@@ -16,6 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from featurelib import logs
+from featurelib.logs import LogLine
+
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_EVERY_S = 10.0
 #: Seconds between two redraws on a terminal.
@@ -42,17 +45,23 @@ def read_reports(folder: str) -> tuple[int, int]:
     return done, rejected
 
 
-def describe(label: str, done: int, total: int, rejected: int, elapsed: float) -> str:
-    """``featurize: main: 812/1,797 images (45%), 120.3 images/s, 3 rejected, ETA 8 s``."""
+def describe(label: str, done: int, total: int, rejected: int, elapsed: float) -> LogLine:
+    """``featurize: main: 812/1,797 images (45%), 120.3 images/s, 3 rejected, ETA 8 s``.
+
+    The line also carries its fields for ``--log-format json`` (:mod:`featurelib.logs`, event
+    ``progress``): pass, done, total, rate (images/s), eta_s (when known), rejected.
+    """
     rate = done / elapsed if elapsed > 0 else 0.0
     parts = [f"featurize: {label}: {done:,}/{total:,} images ({100 * done / total:.0f}%)" if total
              else f"featurize: {label}: {done:,} images"]
     parts.append(f"{rate:.1f} images/s")
     if rejected:
         parts.append(f"{rejected:,} rejected")
+    fields = {"pass": label, "done": done, "total": total, "rate": round(rate, 2), "rejected": rejected}
     if rate > 0 and total > done:
         parts.append(f"ETA {(total - done) / rate:.0f} s")
-    return ", ".join(parts)
+        fields["eta_s"] = round((total - done) / rate, 1)
+    return LogLine(", ".join(parts), "progress", **fields)
 
 
 class PassProgress:
@@ -69,16 +78,18 @@ class PassProgress:
     log : callable
         Receives plain lines (logs, non-terminals).
     live : bool
-        Redraw one line in place on stderr (a terminal) instead of logging.
+        Redraw one line in place on stderr (a terminal) instead of logging; never with
+        ``--log-format json`` (:func:`featurelib.logs.is_json`), which logs a line each time.
     """
 
     def __init__(self, folder: str, total: int, label: str, log: Callable[[str], None], *, live: bool) -> None:
-        self.folder, self.total, self.label, self.log, self.live = folder, total, label, log, live
+        self.folder, self.total, self.label, self.log = folder, total, label, log
+        self.live = live and not logs.is_json()  # JSON lines are never redrawn in place
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started = time.monotonic()
 
-    def _line(self) -> str:
+    def _line(self) -> LogLine:
         done, rejected = read_reports(self.folder)
         return describe(self.label, min(done, self.total) if self.total else done, self.total, rejected,
                         time.monotonic() - self.started)

@@ -7,6 +7,13 @@ Every pass of a run maps its shard tasks with ``parallelize(tasks, len(tasks))``
 one task per partition (a column hash such as ``repartition(n, col)`` collides
 small shard ids into fewer partitions); only the small results are collected,
 and the driver commits.
+
+Each task also adds to accumulators (``tasks``, ``rows``, ``rejects``), read after
+the pass (:meth:`SparkEngine.counters`, the manifest's ``metrics.engine_counters``).
+They are updated inside a transformation, so Spark applies the update of a task
+that runs more than once (a retry after an executor was lost, a speculative copy,
+a recomputed stage) more than once: they over-count, and this is why they are
+never the output's counts (the driver's ledger counts the files at commit).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make the checkou
 
 import pyspark  # noqa: E402,F401  (the engine needs the spark extra: a missing one fails at engine lookup)
 
-from featurelib.engines.base import Engine  # noqa: E402
+from featurelib.engines.base import COUNTERS, Engine, task_counts  # noqa: E402
 from featurelib.errors import UserError  # noqa: E402
 
 
@@ -36,6 +43,20 @@ def _conf_pairs(values: Sequence[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         conf[key] = value
     return conf
+
+
+class CountedCall:
+    """``function(item)`` that also adds its task's counts (:func:`~featurelib.engines.base.task_counts`)
+    to the pass's accumulators, on the executor, once the task's function has returned."""
+
+    def __init__(self, function: Callable[[Any], Any], accumulators: dict[str, Any]) -> None:
+        self.function, self.accumulators = function, accumulators
+
+    def __call__(self, item: Any) -> Any:
+        result = self.function(item)
+        for name, value in task_counts(result).items():
+            self.accumulators[name].add(value)
+        return result
 
 
 class SparkEngine(Engine):
@@ -77,12 +98,17 @@ class SparkEngine(Engine):
         return self._spark
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str | None = None) -> list[Any]:
+        self.add_counters(work_dir, dict.fromkeys(COUNTERS, 0))
         if not items:
             return []
         context = self._session(getattr(function, "settings", None)).sparkContext
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
+        accumulators = {name: context.accumulator(0) for name in COUNTERS}
         try:
-            return context.parallelize(list(items), len(items)).map(function).collect()
+            results = context.parallelize(list(items), len(items)).map(CountedCall(function, accumulators)).collect()
+            # Read once the job is done; may over-count re-executed tasks (see the module's docstring).
+            self.add_counters(work_dir, {name: acc.value for name, acc in accumulators.items()})
+            return results
         except BaseException as exc:
             # Ctrl-C, SIGTERM or a failed task: stop the tasks still running, so nothing writes into
             # the output after the driver gives up. Interrupted, a session this engine owns is stopped
@@ -113,6 +139,7 @@ def _wait_for_tasks_to_stop(context, timeout_s: float = 20.0) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """spark-submit entry point; same flags and exit codes as ``featurize run``."""
+    from featurelib import logs
     from featurelib.driver import execute, format_summary
     from featurelib.exits import with_exit_codes
     from featurelib.spec import RunSpec
@@ -132,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--incremental", action="store_true",
                       help="process only the inputs the committed output does not hold yet (a new generation)")
     parser.add_argument("--prune", action="store_true", help="with --incremental: drop the rows of deleted inputs")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=logs.DEFAULT_FORMAT,
+                        help="stderr lines as text or one JSON object per line (featurelib.logs)")
     args = parser.parse_args(argv)
     engine = None
 
@@ -145,13 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = execute(spec, engine, resume=args.resume, overwrite=args.overwrite,
                          incremental=args.incremental, prune=args.prune)
         print(format_summary(report.manifest, spec.output.path, report.seconds))
+        logs.write_summary(report.manifest, spec.output.path, report.seconds)  # JSON only: the summary event
 
     try:
-        if args.incremental:
-            from featurelib.incremental import INCREMENTAL_HINT
+        with logs.using(args.log_format):
+            if args.incremental:
+                from featurelib.incremental import INCREMENTAL_HINT
 
-            return with_exit_codes(run, interrupted=INCREMENTAL_HINT)
-        return with_exit_codes(run)
+                return with_exit_codes(run, interrupted=INCREMENTAL_HINT)
+            return with_exit_codes(run)
     finally:
         if engine is not None:
             engine.close()

@@ -10,6 +10,10 @@ shuffle holds feature data (GroupByKey of rows grew memory with the dataset).
 Each task's small result is written by the worker to ``OUT/_work/<pass>/``, so
 any runner whose workers can write the output works (Dataflow, Flink, Spark);
 the driver reads them back in task order and commits on its side.
+
+Each task also counts itself with Beam metrics (namespace :data:`METRICS_NAMESPACE`:
+``tasks``, ``rows``, ``rejects``), read back from the pipeline's result after the
+pass (:meth:`BeamEngine.counters`, the manifest's ``metrics.engine_counters``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from featurelib.engines.base import Engine  # noqa: E402
+from featurelib.engines.base import COUNTERS, Engine, task_counts  # noqa: E402
 from featurelib.io.files import temp_path  # noqa: E402
 from pipelines.options import FeaturizeOptions, beam_options  # noqa: E402
+
+
+#: Namespace of the Beam counters every task increments (one pipeline per pass: names need no pass).
+METRICS_NAMESPACE = "featurelib"
 
 
 def result_path(work_dir: str, index: int) -> str:
@@ -44,6 +52,7 @@ class RunTask(beam.DoFn):
     def __init__(self, function: Callable[[Any], Any], work_dir: str) -> None:
         self.function = function
         self.work_dir = work_dir
+        self.counters = {name: beam.metrics.Metrics.counter(METRICS_NAMESPACE, name) for name in COUNTERS}
 
     def process(self, element):
         index, item = element
@@ -53,6 +62,8 @@ class RunTask(beam.DoFn):
         with open(tmp, "wb") as handle:
             pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, target)
+        for name, value in task_counts(result).items():  # once the result is safe: a task that failed adds nothing
+            self.counters[name].inc(value)
         yield index
 
 
@@ -90,6 +101,7 @@ class BeamEngine(Engine):
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str) -> list[Any]:
         """One pipeline over `items`; results come back through files in `work_dir`."""
+        self.add_counters(work_dir, dict.fromkeys(COUNTERS, 0))
         if not items:
             return []
         os.makedirs(work_dir, exist_ok=True)
@@ -98,11 +110,34 @@ class BeamEngine(Engine):
                 build_pipeline(pipeline, function, items, work_dir)
         except Exception as exc:
             raise RuntimeError(f"Beam pipeline failed: {_root_message(exc)}") from exc
+        self.add_counters(work_dir, query_counters(getattr(pipeline, "result", None)))
         results = []
         for index in range(len(items)):
             with open(result_path(work_dir, index), "rb") as handle:
                 results.append(pickle.load(handle))  # written by our own workers in this run
         return results
+
+
+def query_counters(result) -> dict[str, int]:
+    """Our counters (:data:`METRICS_NAMESPACE`) in a finished pipeline's `result`, summed over steps.
+
+    Committed values where the runner has them, else attempted ones (which may count a retried
+    bundle twice); every one of :data:`~featurelib.engines.base.COUNTERS` is there (0 if never
+    incremented, or if the runner reports no metrics).
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counts = dict.fromkeys(COUNTERS, 0)
+    if result is None:
+        return counts
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    except (NotImplementedError, AttributeError, KeyError):  # a runner without metrics: counters are advice
+        return counts
+    for metric in found:
+        value = metric.committed if metric.committed is not None else metric.attempted
+        counts[metric.key.metric.name] = counts.get(metric.key.metric.name, 0) + int(value or 0)
+    return counts
 
 
 #: Set (to anything) to keep Beam's own logging: ``featurize run --verbose`` sets it.
@@ -154,6 +189,7 @@ def _root_message(exc: BaseException) -> str:
 
 def run(argv: Sequence[str] | None = None, *, pipeline_factory: Callable[[], beam.Pipeline] | None = None):
     """Entry point of ``python -m pipelines.extract_features``; returns the run report."""
+    from featurelib import logs
     from featurelib.driver import execute, format_summary
     from featurelib.errors import UserError
     from featurelib.spec import RunSpec
@@ -169,10 +205,12 @@ def run(argv: Sequence[str] | None = None, *, pipeline_factory: Callable[[], bea
     report = execute(spec, engine, resume=ours.resume, overwrite=ours.overwrite, incremental=ours.incremental,
                      prune=ours.prune)
     print(format_summary(report.manifest, spec.output.path, report.seconds))
+    logs.write_summary(report.manifest, spec.output.path, report.seconds)  # JSON only: the summary event
     return report
 
 
-_OWN_VALUE_FLAGS = ("--spec", "--input", "--output", "--shards", "--threads_per_worker", "--batch_size")
+_OWN_VALUE_FLAGS = ("--spec", "--input", "--output", "--shards", "--threads_per_worker", "--batch_size",
+                    "--log_format")
 _OWN_SWITCHES = ("--resume", "--overwrite", "--incremental", "--prune")
 
 
@@ -205,6 +243,7 @@ def _print_help() -> None:
 
 
 def main() -> int:
+    from featurelib import logs
     from featurelib.exits import RESUME_HINT, with_exit_codes
 
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
@@ -213,7 +252,8 @@ def main() -> int:
     from featurelib.incremental import INCREMENTAL_HINT
 
     hint = INCREMENTAL_HINT if "--incremental" in sys.argv[1:] else RESUME_HINT
-    return with_exit_codes(lambda: run() and None, interrupted=hint)
+    with logs.using(logs.format_from_argv(sys.argv[1:], "--log_format")):
+        return with_exit_codes(lambda: run() and None, interrupted=hint)
 
 
 if __name__ == "__main__":

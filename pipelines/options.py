@@ -2,7 +2,7 @@
 
     python -m pipelines.extract_features --spec S [--input P] [--output P] [--shards N]
         [--threads_per_worker N] [--batch_size N] [--resume | --overwrite | --incremental]
-        [any Beam flag: --runner, --direct_num_workers, ...]
+        [--log_format text|json] [any Beam flag: --runner, --direct_num_workers, ...]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class FeaturizeOptions(PipelineOptions):
                             help="process only the inputs the committed output does not hold yet (a new generation)")
         parser.add_argument("--prune", action="store_true", help="with --incremental: drop the rows of deleted inputs "
                                                                  "(their shards are redone)")
+        parser.add_argument("--log_format", choices=("text", "json"), default="text",
+                            help="featurelib's stderr lines as text or one JSON object per line (featurelib.logs)")
 
 
 def unknown_flags(argv: list[str]) -> list[tuple[str, str | None]]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from featurelib.engines.base import Engine
+from featurelib.engines.base import Engine, task_counts
 from featurelib.errors import UserError
 from featurelib.processes import process_alive
 
@@ -137,7 +137,12 @@ class LocalEngine(Engine):
         SIGTERM (:class:`featurelib.errors.Terminated`) terminates every worker
         at once. A dead worker raises ``BrokenProcessPool`` rather than
         hanging; a worker whose driver dies stops on its own.
+
+        Counters (:meth:`counters`): ``tasks``, ``rows`` and ``rejects`` of the tasks that
+        finished, summed in the driver as their results come back, and ``retries``, always 0:
+        the pool never retries a task (a failed task fails the run; ``--resume`` redoes it).
         """
+        self.add_counters(work_dir, {"tasks": 0, "rows": 0, "rejects": 0, "retries": 0})
         if not items:
             return []
         context = multiprocessing.get_context("forkserver")
@@ -149,6 +154,7 @@ class LocalEngine(Engine):
             futures = {pool.submit(function, item): index for index, item in enumerate(items)}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
+                self.add_counters(work_dir, task_counts(results[futures[future]]))
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: stop now
             stop_workers(pool)
             raise
