@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from featurelib import __version__
 from featurelib.contract import FORMAT_VERSION
 from featurelib.errors import PolicyError, SchemaError
 from featurelib.io import files as layout
+from featurelib.io.outfs import Output, output_of, work_dir
 from featurelib.plan import ShardTask
 from featurelib.schema import OutputSchema
 from featurelib.shard import ShardResult
@@ -47,16 +49,19 @@ def _now() -> str:
 
 
 def _dump_json(path: str, document: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
+    with open(path, "wb") as handle:
+        handle.write(_json_bytes(document))
 
 
-def _write_json(root: str, relpath: str, document: dict[str, Any]) -> None:
-    path = os.path.join(root, relpath)
-    tmp = layout.temp_path(path)
-    _dump_json(tmp, document)
-    os.replace(tmp, path)
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _write_json(out: Output, relpath: str, document: dict[str, Any]) -> layout.FileInfo:
+    """Write `relpath` whole (a renamed temporary file, or one object PUT); return its manifest entry."""
+    data = _json_bytes(document)
+    out.write_bytes(relpath, data)
+    return layout.FileInfo(relpath, "", None, 0, len(data), hashlib.sha256(data).hexdigest())
 
 
 @dataclasses.dataclass
@@ -83,7 +88,7 @@ class _Scan:
     rejected: dict[str, str]
 
 
-def _scan(root: str, pairs: Sequence[tuple[str, str]]) -> _Scan:
+def _scan(out: Output, pairs: Sequence[tuple[str, str]]) -> _Scan:
     """Read ``(data file, rejects file)`` pairs (relative paths) and check that no key is there twice.
 
     Raises
@@ -98,7 +103,7 @@ def _scan(root: str, pairs: Sequence[tuple[str, str]]) -> _Scan:
     written_rows = 0
     rejected: dict[str, str] = {}
     for data_rel, rejects_rel in pairs:
-        keys = read_shard_keys(os.path.join(root, data_rel))
+        keys = read_shard_keys(data_rel, output=out)
         if len(set(keys["key"])) != len(keys["key"]):
             raise SchemaError(f"{data_rel} holds a key twice")
         written_rows += len(keys["key"])
@@ -109,7 +114,7 @@ def _scan(root: str, pairs: Sequence[tuple[str, str]]) -> _Scan:
         if overlap:
             raise SchemaError(f"source(s) written twice: {sorted(overlap)[:5]}")
         written_sources.update(originals)
-        for row in read_rejects(os.path.join(root, rejects_rel)):
+        for row in read_rejects(rejects_rel, output=out):
             if not row["reason"]:
                 raise SchemaError(f"reject {row['source_key']!r} has no reason")
             if row["source_key"] in rejected:
@@ -131,7 +136,7 @@ def _task_pairs(tasks: Sequence[ShardTask], formats: Sequence[str]) -> list[tupl
              layout.shard_relpath("rejects", t.shard, t.n_shards, t.generation)) for t in tasks]
 
 
-def read_ledger(root: str, tasks: Sequence[ShardTask], formats: Sequence[str]) -> Ledger:
+def read_ledger(out: Output, tasks: Sequence[ShardTask], formats: Sequence[str]) -> Ledger:
     """Check the ledger invariant from the shard files on disk (of the tasks' generation).
 
     ``W ∪ R == I``, ``W ∩ R == ∅``, no key twice, every reject with a reason.
@@ -142,7 +147,7 @@ def read_ledger(root: str, tasks: Sequence[ShardTask], formats: Sequence[str]) -
         If any of these fails, or a shard file is missing.
     """
     listed = [r.source_key for t in tasks for r in t.records]
-    scan = _scan(root, _task_pairs(tasks, formats))
+    scan = _scan(out, _task_pairs(tasks, formats))
     missing = set(listed) - scan.written_sources - set(scan.rejected)
     extra = (scan.written_sources | set(scan.rejected)) - set(listed)
     if missing or extra:
@@ -178,32 +183,31 @@ def extractor_files(spec: RunSpec) -> list[dict[str, Any]]:
             for f in spec.features for entry in registry.get(f.name).file_entries(f.params)]
 
 
-def merge_stats(root: str, tasks: Sequence[ShardTask], columns: Sequence[str]) -> ShardStats:
+def merge_stats(out: Output, tasks: Sequence[ShardTask], columns: Sequence[str]) -> ShardStats:
     """The run's statistics: every shard's accumulator read from disk, merged in shard order."""
     tasks = sorted(tasks, key=lambda t: t.shard)
-    return merge_stats_files(root, [layout.shard_relpath("stats", t.shard, t.n_shards, t.generation)
+    return merge_stats_files(out, [layout.shard_relpath("stats", t.shard, t.n_shards, t.generation)
                                     for t in tasks], columns)
 
 
-def merge_stats_files(root: str, relpaths: Sequence[str], columns: Sequence[str]) -> ShardStats:
+def merge_stats_files(out: Output, relpaths: Sequence[str], columns: Sequence[str]) -> ShardStats:
     """Merge the accumulator files `relpaths` in the order given (shard order, then generation)."""
     parts = []
     for rel in relpaths:
         try:
-            with open(os.path.join(root, rel), encoding="utf-8") as handle:
-                parts.append(ShardStats.from_json(json.load(handle)))
+            parts.append(ShardStats.from_json(json.loads(out.read_bytes(rel))))
         except (OSError, ValueError, KeyError) as exc:
             raise SchemaError(f"statistics {rel} unreadable: {exc}") from None
     return merge_in_order(parts, columns)
 
 
-def _check_budget(root: str, spec: RunSpec, ledger: Ledger, artifacts: dict[str, str], *,
+def _check_budget(out: Output, spec: RunSpec, ledger: Ledger, artifacts: dict[str, str], *,
                   failed_extra: dict[str, Any] | None = None) -> None:
     budget = spec.failures.max_reject_fraction
     if ledger.listed and ledger.rejected / ledger.listed > budget:
         error = (f"{ledger.rejected} of {ledger.listed} inputs rejected "
                  f"({ledger.rejected / ledger.listed:.1%}), over failures.max_reject_fraction = {budget}")
-        write_failed(root, spec, error, kind="policy", ledger=ledger, artifacts=artifacts, extra=failed_extra)
+        write_failed(out, spec, error, kind="policy", ledger=ledger, artifacts=artifacts, extra=failed_extra)
         raise PolicyError(error)
 
 
@@ -255,22 +259,25 @@ def commit(tasks: Sequence[ShardTask], results: Sequence[ShardResult], *, engine
     if not tasks:
         raise ValueError("commit needs the run's tasks")
     spec = RunSpec.from_json(tasks[0].spec_json)
+    out = output_of(spec)
     root = spec.output.path
     artifacts = _artifact_hashes(tasks)
     by_shard = {r.shard: r for r in results}
     absent = sorted({t.shard for t in tasks} - set(by_shard))
     if absent:
         raise SchemaError(f"no result for shard(s) {absent[:10]}")
-    ledger = read_ledger(root, tasks, spec.output.formats)
-    _check_budget(root, spec, ledger, artifacts)
+    ledger = read_ledger(out, tasks, spec.output.formats)
+    _check_budget(out, spec, ledger, artifacts)
     schema = OutputSchema.from_spec(spec, artifacts)
     files = [f for shard in sorted(by_shard) for f in by_shard[shard].files]
     for ref in tasks[0].artifacts:
-        files.append(layout.FileInfo.of(root, ref.path, kind="artifact", shard=None, rows=0).to_json())
-    stats = merge_stats(root, tasks, [c.name for c in schema.columns])
-    _write_json(root, layout.STATS, stats.extract(schema.feature_fingerprint))
-    files.append(layout.FileInfo.of(root, layout.STATS, kind="stats_summary", shard=None, rows=0).to_json())
-    if "hdf5" in spec.output.formats:
+        files.append(layout.FileInfo(ref.path, "artifact", None, 0, out.size(ref.path), ref.sha256).to_json())
+    stats = merge_stats(out, tasks, [c.name for c in schema.columns])
+    written = _write_json(out, layout.STATS, stats.extract(schema.feature_fingerprint))
+    files.append(dataclasses.replace(written, kind="stats_summary").to_json())
+    # The virtual index is a local HDF5 file naming its shards by relative path: on an object store
+    # (no h5py driver reads one there) readers open the HDF5 shards the manifest lists instead.
+    if "hdf5" in spec.output.formats and not out.remote:
         from featurelib.io.hdf5 import write_virtual_index
 
         shard_files = [layout.shard_relpath("hdf5", t.shard, t.n_shards) for t in sorted(tasks, key=lambda t: t.shard)]
@@ -282,7 +289,7 @@ def commit(tasks: Sequence[ShardTask], results: Sequence[ShardResult], *, engine
     manifest = _manifest(spec, schema, tasks, engine=engine, ledger=ledger, files=files,
                          metrics={**(metrics or {}), "generation": 1, "shards": shard_metrics},
                          generations=None, created_at=created_at)
-    _write_json(root, layout.MANIFEST, manifest)
+    _write_json(out, layout.MANIFEST, manifest)  # the commit point: a rename, or one PUT on an object store
     remove_work(root)
     return manifest
 
@@ -314,14 +321,17 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
         raise ValueError("commit needs the run's tasks")
     spec = RunSpec.from_json(tasks[0].spec_json)
     root, formats = spec.output.path, spec.output.formats
+    out = output_of(spec)
+    if out.remote:  # the driver refuses --incremental on an object store before any pass
+        raise ValueError("commit_generation needs a local output")
     generation = tasks[0].generation
     artifacts = _artifact_hashes(tasks)
     by_shard = {r.shard: r for r in results}
     absent = sorted({t.shard for t in tasks} - set(by_shard))
     if absent:
         raise SchemaError(f"no result for shard(s) {absent[:10]}")
-    new_ledger = read_ledger(root, tasks, formats)
-    _check_budget(root, spec, new_ledger, artifacts, failed_extra=failed_generation(previous, generation))
+    new_ledger = read_ledger(out, tasks, formats)
+    _check_budget(out, spec, new_ledger, artifacts, failed_extra=failed_generation(previous, generation))
     schema = OutputSchema.from_spec(spec, artifacts)
     if (schema.run_fingerprint, schema.feature_fingerprint) != (previous["run_fingerprint"],
                                                                 previous["feature_fingerprint"]):
@@ -339,9 +349,9 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
         if set(entry) != set(kinds):
             raise SchemaError(f"shard {shard} generation {gen}: files {sorted(entry)} listed, expected {list(kinds)}")
     data_kind = _data_kind(formats)
-    scan = _scan(root, [(e[data_kind]["path"], e["rejects"]["path"]) for e in shard_files.values()])
+    scan = _scan(out, [(e[data_kind]["path"], e["rejects"]["path"]) for e in shard_files.values()])
     data_pairs = [(e[data_kind]["path"], e["rejects"]["path"]) for e in dropped.values()]
-    gone = _scan(root, data_pairs) if data_pairs else _Scan(set(), 0, {})
+    gone = _scan(out, data_pairs) if data_pairs else _Scan(set(), 0, {})
     listed = int(previous["counts"]["listed"]) - len(gone.written_sources) - len(gone.rejected) + new_ledger.listed
     accounted = len(scan.written_sources) + len(scan.rejected)
     if accounted != listed:
@@ -359,7 +369,7 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
     # Run-level files: written under temporary names, renamed just before the manifest.
     staged: list[tuple[str, str]] = []
     try:
-        stats = merge_stats_files(root, [e["stats"]["path"] for e in shard_files.values()],
+        stats = merge_stats_files(out, [e["stats"]["path"] for e in shard_files.values()],
                                   [c.name for c in schema.columns])
         tmp = layout.temp_path(os.path.join(root, layout.STATS))
         staged.append((tmp, layout.STATS))
@@ -418,11 +428,11 @@ def failed_generation(previous: dict[str, Any], generation: int) -> dict[str, An
 
 
 def remove_work(root: str) -> None:
-    """Delete the engines' scratch folder ``OUT/_work/`` (pass results, progress)."""
-    shutil.rmtree(os.path.join(root, layout.WORK), ignore_errors=True)
+    """Delete the engines' scratch folder (``OUT/_work/``, or the local one of an object-store output)."""
+    shutil.rmtree(work_dir(root), ignore_errors=True)
 
 
-def write_failed(root: str, spec: RunSpec, error: str, *, kind: str, ledger: Ledger | None = None,
+def write_failed(out: Output, spec: RunSpec, error: str, *, kind: str, ledger: Ledger | None = None,
                  artifacts: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
     """Write ``_FAILED.json``: what failed and, when known, the counts and top reasons (and `extra`:
     an incremental run's generation; its output's ``_manifest.json`` stays valid)."""
@@ -439,6 +449,6 @@ def write_failed(root: str, spec: RunSpec, error: str, *, kind: str, ledger: Led
         document["counts"] = ledger.counts()
         document["top_reasons"] = dict(Counter(ledger.rejects_by_reason).most_common(5))
     document.update(extra or {})
-    with contextlib.suppress(OSError):  # the output itself may be what failed; the error still reaches the user
-        os.makedirs(root, exist_ok=True)
-        _write_json(root, layout.FAILED, document)
+    with contextlib.suppress(Exception):  # the output itself may be what failed; the error still reaches the user
+        out.makedirs()
+        _write_json(out, layout.FAILED, document)

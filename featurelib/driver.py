@@ -15,10 +15,10 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +30,9 @@ from featurelib.commit import Ledger, commit, commit_generation, failed_generati
 from featurelib.errors import PolicyError, Terminated, UserError
 from featurelib.exits import received_signal
 from featurelib.io import files as layout
+from featurelib.io import outfs
 from featurelib.io.lock import acquire as acquire_lock
+from featurelib.io.outfs import Output, file_sha256_of, is_remote, output_of
 from featurelib.passes import apply_dedup, check_saved_artifacts, hash_shard, prepare_artifacts
 from featurelib.plan import ShardTask, plan, resolve_paths
 from featurelib.progress import PassProgress
@@ -38,46 +40,44 @@ from featurelib.shard import ShardResult, process_shard
 from featurelib.spec import RunSpec
 
 
-def existing_run_fingerprint(root: str) -> str | None:
-    """The spec's part of the run fingerprint of whatever featurelib output is in `root` (None if none).
+def existing_run_fingerprint(out: Output) -> str | None:
+    """The spec's part of the run fingerprint of whatever featurelib output is in `out` (None if none).
 
     The spec's part is what ``--resume`` compares: it is known before any pass,
     while the final fingerprint also holds the hashes of fitted artefacts.
     """
     for name in (layout.MANIFEST, layout.FAILED):
-        path = os.path.join(root, name)
-        if os.path.exists(path):
+        if out.exists(name):
             try:
-                with open(path, encoding="utf-8") as handle:
-                    document = json.load(handle)
+                document = json.loads(out.read_bytes(name))
             except (OSError, ValueError):
                 return "unreadable"
             return document.get("spec_fingerprints", {}).get("run") or document.get("run_fingerprint")
-    folder = os.path.join(root, "parquet")
-    if os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".parquet") and not name.startswith("."):
-                try:
-                    meta = pq.read_schema(os.path.join(folder, name)).metadata or {}
-                except Exception:  # an unreadable shard: not a run this spec can resume
-                    return "unreadable"
-                found = meta.get(b"featurelib.spec_run_fingerprint") or meta.get(b"featurelib.run_fingerprint")
-                return (found or b"unreadable").decode()
+    for name in out.listdir("parquet"):
+        if name.endswith(".parquet") and not name.startswith("."):
+            try:
+                with out.open(f"parquet/{name}") as handle:
+                    meta = pq.read_schema(handle).metadata or {}
+            except Exception:  # an unreadable shard: not a run this spec can resume
+                return "unreadable"
+            found = meta.get(b"featurelib.spec_run_fingerprint") or meta.get(b"featurelib.run_fingerprint")
+            return (found or b"unreadable").decode()
     return None
 
 
-def _clear_layout(root: str, *, training: bool = False) -> None:
-    """Delete featurelib's own entries under `root` (never anything else); with `training`, also
+def _clear_layout(out: Output, *, training: bool = False) -> None:
+    """Delete featurelib's own entries of `out` (never anything else); with `training`, also
     the models and predictions trained on the run being replaced."""
     for name in layout.LAYOUT_ENTRIES + (layout.TRAINING_ENTRIES if training else ()):
-        path = os.path.join(root, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        out.remove(name)
+    remove_work(out.root)
 
 
 def _remove_temporaries(root: str) -> None:
+    """Delete the temporary files a killed task left in a local output (an object store has none:
+    its files are staged on the workers' disks and appear whole)."""
+    if is_remote(root):
+        return
     for directory, _, names in os.walk(root):
         for name in names:
             if layout.TMP_MARK in name:
@@ -94,14 +94,20 @@ def refuse_output(spec: RunSpec, *, overwrite: bool) -> str | None:
         A remote output, a file, a foreign non-empty folder, or another run without ``overwrite``.
     """
     root = spec.output.path
-    if "://" in root and not root.startswith("file://"):
-        raise UserError(f"output {root!r}: only local or mounted file systems are supported as outputs")
-    if os.path.exists(root) and not os.path.isdir(root):
+    out = _open_checked(spec)
+    if not out.remote and os.path.exists(root) and not os.path.isdir(root):
         raise UserError(f"output {root!r} exists and is not a folder")
-    found = existing_run_fingerprint(root) if os.path.isdir(root) else None
-    if os.path.isdir(root) and found is None:
+    try:
+        present = out.isdir()
+        found = existing_run_fingerprint(out) if present else None
+        listing = out.listdir() if present and found is None else []
+    except Exception as exc:  # an object store that cannot be reached or read (credentials, endpoint, bucket)
+        if not out.remote:
+            raise
+        raise UserError(f"output {root!r} cannot be read: {type(exc).__name__}: {exc}") from None
+    if present and found is None:
         ours = (*layout.LAYOUT_ENTRIES, *layout.TRAINING_ENTRIES, layout.LOCK)
-        foreign = sorted(n for n in os.listdir(root) if n not in ours and layout.TMP_MARK not in n)
+        foreign = sorted(n for n in listing if n not in ours and layout.TMP_MARK not in n)
         if foreign:
             raise UserError(f"output folder {root!r} is not empty and holds no featurelib run "
                             f"(found {foreign[:3]}); choose an empty or new folder")
@@ -131,15 +137,31 @@ def check_output(spec: RunSpec, *, overwrite: bool) -> str | None:
     """
     root = spec.output.path
     found = refuse_output(spec, overwrite=overwrite)
+    out = output_of(spec)
     try:
-        os.makedirs(root, exist_ok=True)
-        probe = layout.temp_path(os.path.join(root, "_write_probe"))
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
+        out.makedirs()
+        probe = f"_write_probe{layout.TMP_MARK}{uuid.uuid4().hex}"
+        out.write_bytes(probe, b"ok")
+        out.remove(probe)
     except OSError as exc:
         raise UserError(f"output {root!r} is not writable: {exc.strerror or exc}") from None
+    except Exception as exc:  # an object store's own errors (credentials, endpoint)
+        raise UserError(f"output {root!r} is not writable: {type(exc).__name__}: {exc}") from None
     return found
+
+
+def _open_checked(spec: RunSpec) -> Output:
+    """The spec's output, or one clear line when its URI cannot be opened (an unknown protocol,
+    its fsspec package missing).
+
+    Raises
+    ------
+    UserError
+    """
+    try:
+        return output_of(spec)
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"output {spec.output.path!r} cannot be opened: {exc}") from None
 
 
 def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overwrite: bool) -> set[int]:
@@ -157,40 +179,37 @@ def prepare_output(spec: RunSpec, tasks: list[ShardTask], *, resume: bool, overw
     """
     root = spec.output.path
     found = check_output(spec, overwrite=overwrite)
+    out = output_of(spec)
     wanted = spec.run_fingerprint()
     if not resume or found != wanted:
-        _clear_layout(root, training=found is not None and found != wanted)
+        _clear_layout(out, training=found is not None and found != wanted)
         return set()
-    _refuse_resume_of_generations(root)
+    _refuse_resume_of_generations(out)
     # Resume: no stale commit point, scratch or temporaries; keep the complete shards of
     # this run and its fitted artefacts (a resumed run never refits).
     for name in (layout.MANIFEST, layout.FAILED, layout.STATS):
-        if os.path.exists(os.path.join(root, name)):
-            os.remove(os.path.join(root, name))
+        out.remove(name)
     remove_work(root)
     _remove_temporaries(root)
     n_shards = tasks[0].n_shards
     kinds = layout.shard_kinds(spec.output.formats)
     expected = {t.shard: [layout.shard_relpath(k, t.shard, n_shards) for k in kinds] for t in tasks}
-    keep = {s for s, paths in expected.items() if all(os.path.exists(os.path.join(root, p)) for p in paths)}
+    present = {f"{kind}/{name}" for kind in kinds for name in out.listdir(kind)}
+    keep = {s for s, paths in expected.items() if all(p in present for p in paths)}
     wanted_paths = {p for s in keep for p in expected[s]}
-    for kind in ("parquet", "hdf5", "stats", "rejects"):
-        folder = os.path.join(root, kind)
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                if f"{kind}/{name}" not in wanted_paths:
-                    os.remove(os.path.join(folder, name))
+    for rel in sorted(present - wanted_paths):
+        out.remove(rel)
     return keep
 
 
-def _refuse_resume_of_generations(root: str) -> None:
+def _refuse_resume_of_generations(out: Output) -> None:
     """``--resume`` completes a failed first run; an output with incremental generations (or a failed
     incremental run next to its still valid manifest) continues with ``--incremental`` instead."""
+    root = out.root
     documents = {}
     for name in (layout.MANIFEST, layout.FAILED):
         with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(root, name), encoding="utf-8") as handle:
-                documents[name] = json.load(handle)
+            documents[name] = json.loads(out.read_bytes(name))
     generations = len(documents.get(layout.MANIFEST, {}).get("generations") or [])
     if generations > 1 or documents.get(layout.FAILED, {}).get("incremental"):
         raise UserError(f"output {root!r} holds a committed run with incremental generations (or a failed "
@@ -202,22 +221,25 @@ def reused_result(spec: RunSpec, task: ShardTask) -> ShardResult:
     """Rebuild a kept shard's result from its files on disk (resume)."""
     from featurelib.contract import H5_FEATURES
 
+    out = output_of(spec)
     infos = []
     for kind in layout.shard_kinds(spec.output.formats):
         rel = layout.shard_relpath(kind, task.shard, task.n_shards)
-        path = os.path.join(spec.output.path, rel)
-        if kind == "hdf5":
-            import h5py
+        rows = 0
+        with contextlib.ExitStack() as stack:
+            # local files by path (native reads), an object store's through a file object
+            source = stack.enter_context(out.open(rel)) if out.remote else out.path(rel)
+            if kind == "hdf5":
+                import h5py
 
-            from featurelib.io.hdf5 import check_self_contained
-            with h5py.File(path, "r") as h5:
+                from featurelib.io.hdf5 import check_self_contained
+                h5 = stack.enter_context(h5py.File(source, "r"))
                 check_self_contained(h5, rel)
                 rows = int(h5[H5_FEATURES].shape[0])
-        elif kind == "stats":
-            rows = 0
-        else:
-            rows = pq.ParquetFile(path).metadata.num_rows
-        infos.append(layout.FileInfo.of(spec.output.path, rel, kind=kind, shard=task.shard, rows=rows).to_json())
+            elif kind != "stats":
+                rows = pq.ParquetFile(source).metadata.num_rows
+        info = layout.FileInfo(rel, kind, task.shard, rows, out.size(rel), file_sha256_of(out, rel))
+        infos.append(info.to_json())
     return ShardResult(task.shard, tuple(infos), {"reused": True})
 
 
@@ -228,28 +250,56 @@ class RunReport:
 
 
 def log_to_stderr(message: str) -> None:
-    """The default log of a run: one line on stderr (progress redraws in place there on a terminal)."""
-    print(message, file=sys.stderr)
+    """The default log of a run: one line on stderr, as text or, with ``--log-format json``
+    (:func:`featurelib.logs.using`), one JSON object (:func:`featurelib.logs.write`). On a
+    terminal progress redraws in place, in text only."""
+    from featurelib import logs
+
+    logs.write(message)
 
 
 def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[[str], None]):
-    """``map_pass(function, tasks, name)``: one pass on `engine`, every worker set up the same way."""
+    """``map_pass(function, tasks, name)``: one pass on `engine`, every worker set up the same way.
+
+    Its results (in task order) carry the engine's counters of this run so far (:class:`_PassResults`),
+    which :func:`_metrics` puts in the manifest.
+    """
+    from featurelib import logs
+
+    if hasattr(engine, "reset_counters"):
+        engine.reset_counters()  # this run's counts only (an engine object may run several)
 
     def map_pass(function, tasks, name):
         started = time.time()
-        work_dir = os.path.join(root, layout.WORK, name)
+        work_dir = os.path.join(outfs.work_dir(root), name)
         progress_dir = os.path.join(work_dir, "progress")
         total = sum(len(getattr(t, "records", ())) for t in tasks)
-        live = log is log_to_stderr and sys.stderr.isatty()
+        live = log is log_to_stderr and not logs.is_json() and sys.stderr.isatty()
         with PassProgress(progress_dir, total, name, log, live=live):
             results = engine.map(worker.WorkerCall(function, settings, progress_dir), list(tasks), work_dir=work_dir)
         # Every task has succeeded once; a killed duplicate (a speculative copy's loser, a retried
         # attempt) may have left half-written temporaries that no one will rename.
         _remove_temporaries(root)
-        log(f"featurize: pass {name!r}: {len(tasks)} tasks in {time.time() - started:.1f} s")
-        return results
+        seconds = time.time() - started
+        log(logs.LogLine(f"featurize: pass {name!r}: {len(tasks)} tasks in {seconds:.1f} s", "pass_finished",
+                         **{"pass": name, "tasks": len(tasks), "seconds": round(seconds, 3)}))
+        return _PassResults(results, _engine_counters(engine))
 
     return map_pass
+
+
+class _PassResults(list):
+    """A pass's results in task order, and ``engine_counters``: the engine's counters by pass, read after it."""
+
+    def __init__(self, results: Sequence[Any], engine_counters: dict[str, dict[str, int]]) -> None:
+        super().__init__(results)
+        self.engine_counters = engine_counters
+
+
+def _engine_counters(engine) -> dict[str, dict[str, int]]:
+    """`engine`'s counters by pass (:meth:`featurelib.engines.base.Engine.counters`); {} if it keeps none."""
+    counters = getattr(engine, "counters", None)
+    return counters() if callable(counters) else {}
 
 
 def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = False, incremental: bool = False,
@@ -278,7 +328,8 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     tasks = plan(spec, log=log)
     warn_unused_labels(spec, tasks, log)
     check_output(spec, overwrite=overwrite)
-    lock = acquire_lock(spec.output.path, log=log)  # before anything in the output changes
+    # before anything in the output changes
+    lock = acquire_lock(spec.output.path, log=log, output=output_of(spec))
     try:
         return _execute_locked(spec, tasks, engine, resume=resume, overwrite=overwrite, log=log, started=started)
     finally:
@@ -302,6 +353,9 @@ def _execute_incremental(spec: RunSpec, engine, *, prune: bool, log: Callable[[s
                          started: float) -> RunReport:
     from featurelib import incremental
 
+    if is_remote(spec.output.path):
+        raise UserError(f"output {spec.output.path!r}: --incremental needs a local or mounted output for now "
+                        f"(an object-store output is written whole by each run: run without --incremental)")
     incremental.committed_manifest(spec)  # refuse before taking the lock: no output, another spec
     check_output(spec, overwrite=False)
     lock = acquire_lock(spec.output.path, log=log)
@@ -365,12 +419,15 @@ def _start_passes(spec: RunSpec, engine, log: Callable[[str], None]):
 
 
 def _metrics(started: float, fresh: Sequence[ShardResult], reused: Sequence[ShardResult]) -> dict[str, Any]:
+    """The manifest's ``metrics``: timings, and ``engine_counters``, what the engine counted by pass
+    (from the main pass's results, :class:`_PassResults`): for monitoring, never the ledger's counts."""
     elapsed = time.time() - started
     rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
     first = min((r.metrics["started_at"] for r in fresh if "started_at" in r.metrics), default=None)
     return {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
             "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None,
-            "first_task_s": round(first - started, 3) if first is not None else None}
+            "first_task_s": round(first - started, 3) if first is not None else None,
+            "engine_counters": getattr(fresh, "engine_counters", {})}
 
 
 def _record_failure(spec: RunSpec, exc: BaseException, artifacts: dict[str, str] | None, *,
@@ -384,7 +441,7 @@ def _record_failure(spec: RunSpec, exc: BaseException, artifacts: dict[str, str]
     interrupted = isinstance(exc, KeyboardInterrupt) or signum is not None
     error = (f"interrupted by {signal.Signals(signum).name}" if signum not in (None, signal.SIGINT)
              else "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}")
-    write_failed(spec.output.path, spec, error, kind="interrupted" if interrupted else "error",
+    write_failed(output_of(spec), spec, error, kind="interrupted" if interrupted else "error",
                  artifacts=artifacts, extra=extra)
     with contextlib.suppress(OSError):
         _remove_temporaries(spec.output.path)
@@ -459,7 +516,7 @@ def check_list_stage_budget(spec: RunSpec, tasks: Sequence[ShardTask], *, extra:
     error = (f"{len(rejected)} of {listed} inputs rejected when listed, before any image was read "
              f"({len(rejected) / listed:.1%}), over failures.max_reject_fraction = {budget}; top reasons: {top}")
     ledger = Ledger(listed, 0, 0, len(rejected), dict(sorted(by_reason.items())))
-    write_failed(spec.output.path, spec, error, kind="policy", ledger=ledger, extra=extra)
+    write_failed(output_of(spec), spec, error, kind="policy", ledger=ledger, extra=extra)
     raise PolicyError(error)
 
 

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import math
 import os
-import shutil
+import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -34,6 +34,7 @@ from featurelib import registry, transforms
 from featurelib.compute import FATAL, content_sha256, preprocess
 from featurelib.errors import RecordError, UserError
 from featurelib.io import files as layout
+from featurelib.io.outfs import Output, file_sha256_of, output_of
 from featurelib.plan import ArtifactRef, ShardTask
 from featurelib.shard import close_decoder, make_decoder, read_and_decode
 from featurelib.sources import read_bytes
@@ -164,13 +165,9 @@ def check_saved_artifacts(spec: RunSpec) -> None:
                 raise UserError(f"feature {feature.column!r}: saved artefact {path!r} cannot be used: {exc}") from None
 
 
-def _store(root: str, relpath: str, data: bytes) -> str:
-    path = os.path.join(root, relpath)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = layout.temp_path(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+def _store(out: Output, relpath: str, data: bytes) -> str:
+    out.makedirs(posixpath.dirname(relpath))
+    out.write_bytes(relpath, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -197,27 +194,24 @@ def prepare_artifacts(spec: RunSpec, tasks: Sequence[ShardTask], map_pass: MapPa
     UserError
         If an artefact cannot be fitted from the train split (too few usable images).
     """
-    root = spec.output.path
+    out = output_of(spec)
     refs: dict[str, ArtifactRef] = {}
     to_fit = []
     for feature in spec.fitted_features():
         artifact = registry.get(feature.name).artifact
         relpath = f"{layout.ARTIFACTS}/{artifact.filename(feature.column)}"
-        path = os.path.join(root, relpath)
         saved = saved_artifact_path(spec, feature.column)
-        if reuse and os.path.isfile(path):
-            digest = layout.file_sha256(path)
+        if reuse and out.exists(relpath):
+            digest = file_sha256_of(out, relpath)
             if saved and layout.file_sha256(saved) != digest:
                 raise UserError(f"feature {feature.column!r}: the saved artefact {saved!r} differs from the one "
                                 f"this output was written with ({relpath}); --resume cannot mix them: run "
                                 f"without --resume to rewrite the output, or choose another --output")
             refs[feature.column] = ArtifactRef(feature.column, artifact.what, relpath, digest)
         elif saved:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = layout.temp_path(path)
-            shutil.copyfile(saved, tmp)
-            os.replace(tmp, path)
-            refs[feature.column] = ArtifactRef(feature.column, artifact.what, relpath, layout.file_sha256(path))
+            with open(saved, "rb") as handle:
+                digest = _store(out, relpath, handle.read())  # artefacts are small (a codebook)
+            refs[feature.column] = ArtifactRef(feature.column, artifact.what, relpath, digest)
         else:
             to_fit.append(feature)
     if to_fit:
@@ -233,5 +227,5 @@ def prepare_artifacts(spec: RunSpec, tasks: Sequence[ShardTask], map_pass: MapPa
                                 f"{len(samples)} sampled train image(s): {exc}") from None
             relpath = f"{layout.ARTIFACTS}/{definition.artifact.filename(feature.column)}"
             refs[feature.column] = ArtifactRef(feature.column, definition.artifact.what, relpath,
-                                               _store(root, relpath, data))
+                                               _store(out, relpath, data))
     return tuple(refs[f.column] for f in spec.fitted_features())

@@ -32,6 +32,7 @@ import numpy as np
 from featurelib import worker
 from featurelib.compute import FATAL, ExtractFailure, FeatureComputer, Variant, content_sha256
 from featurelib.errors import DecodeError, RecordError
+from featurelib.io.outfs import Output, open_output
 from featurelib.io.shards import RejectRow, Row, ShardWriter
 from featurelib.plan import ShardTask
 from featurelib.schema import OutputSchema
@@ -78,7 +79,7 @@ class ShardState:
         close_decoder(self.decoder)
 
 
-def load_artifacts(output: str, refs) -> dict[str, dict[str, bytes]]:
+def load_artifacts(output: Output, refs) -> dict[str, dict[str, bytes]]:
     """``{column: {what: bytes}}`` of a task's artefacts, each checked against its sha256.
 
     Raises
@@ -88,8 +89,7 @@ def load_artifacts(output: str, refs) -> dict[str, dict[str, bytes]]:
     """
     out: dict[str, dict[str, bytes]] = {}
     for ref in refs:
-        with open(os.path.join(output, ref.path), "rb") as handle:
-            data = handle.read()
+        data = output.read_bytes(ref.path)
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise RuntimeError(f"artefact {ref.path} does not match the sha256 the run recorded")
         out.setdefault(ref.column, {})[ref.what] = data
@@ -101,7 +101,8 @@ def shard_state(task: ShardTask) -> tuple[ShardState, bool]:
 
     def build() -> ShardState:
         spec = RunSpec.from_json(task.spec_json)
-        computer = FeatureComputer(spec, load_artifacts(task.output, task.artifacts))
+        output = open_output(task.output, spec.output.storage_options)
+        computer = FeatureComputer(spec, load_artifacts(output, task.artifacts))
         hashes = {ref.column: ref.sha256 for ref in task.artifacts}
         return ShardState(spec, computer, make_decoder(spec), OutputSchema.from_spec(spec, hashes))
 
@@ -259,7 +260,7 @@ class _ShardRun:
         self.reasons: Counter[str] = Counter()
         self.stats = ShardStats(state.computer.columns)
         self.poison = _PoisonCheck()
-        self.writer = ShardWriter(task.output, task.shard, task.n_shards, state.schema, self.spec.output.formats,
+        self.writer = ShardWriter(open_output(task.output, self.spec.output.storage_options), task.shard, task.n_shards, state.schema, self.spec.output.formats,
                                   list(task.label_names), generation=task.generation)
         self.pending: list[Prepared | RejectRow] = []
         self.pending_images = 0

@@ -266,12 +266,14 @@ class OutputSpec:
     target_shard_mb: float | None = None
     pixels: bool = False
     pixels_compression: str = "none"
+    #: fsspec options of an object-store output (credentials, endpoint): never in a fingerprint or manifest.
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: Any) -> OutputSpec:
         section = _mapping(raw, "output")
         _no_unknown(section, ("path", "formats", "shards", "rows_per_shard", "target_shard_mb", "pixels",
-                              "pixels_compression"), "output")
+                              "pixels_compression", "storage_options"), "output")
         formats = section.get("formats", list(cls.formats))
         if (
             not isinstance(formats, (list, tuple))
@@ -311,7 +313,8 @@ class OutputSpec:
         if path is not None and (not isinstance(path, str) or not path):
             raise SpecError(f"output.path must be a non-empty string, got {path!r}")
         return cls(path=path, formats=tuple(formats), shards=shards, rows_per_shard=rows, target_shard_mb=target,
-                   pixels=pixels, pixels_compression=compression)
+                   pixels=pixels, pixels_compression=compression,
+                   storage_options=_mapping(section.get("storage_options"), "output.storage_options"))
 
     def layout(self) -> dict[str, Any]:
         """The layout part of the run fingerprint (not the path: an output may move).
@@ -550,7 +553,7 @@ class RunSpec:
     # -- serialisation -------------------------------------------------------
 
     def to_dict(self, *, secrets: bool = True) -> dict[str, Any]:
-        """The full canonical document; ``secrets=False`` drops ``storage_options``."""
+        """The full canonical document; ``secrets=False`` drops both ``storage_options``."""
         doc = {
             "spec_version": self.spec_version,
             "input": {"path": self.input.path,
@@ -573,7 +576,10 @@ class RunSpec:
                        **({"shards": self.output.shards} if self.output.shards is not None
                           else {"target_shard_mb": self.output.target_shard_mb}
                           if self.output.target_shard_mb is not None
-                          else {"rows_per_shard": self.output.rows_per_shard})},
+                          else {"rows_per_shard": self.output.rows_per_shard}),
+                       # only when set: documents of specs without it stay as they were
+                       **({"storage_options": dict(self.output.storage_options)}
+                          if secrets and self.output.storage_options else {})},
             "failures": {"max_reject_fraction": self.failures.max_reject_fraction},
             "execution": {"threads_per_worker": self.execution.threads_per_worker,
                           "batch_size": self.execution.batch_size},

@@ -288,12 +288,15 @@ def check_output_path(spec: RunSpec, *, overwrite: bool) -> str | None:
     """Why a run could not use ``output.path`` (None: it can): the driver's rules
     (:func:`featurelib.driver.refuse_output`), then whether the folder can be written or created."""
     from featurelib.driver import refuse_output
+    from featurelib.io.outfs import is_remote
 
     root = spec.output.path
     try:
         refuse_output(spec, overwrite=overwrite)
     except UserError as exc:
         return str(exc)
+    if is_remote(root):  # the store answered the listing above; writing is tried by the run itself
+        return None
     local = root.removeprefix("file://")
     existing = os.path.abspath(local)
     while not os.path.exists(existing):

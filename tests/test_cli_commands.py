@@ -144,8 +144,8 @@ def paths(tmp_path, digits_dir):
     (["--output", "file.txt"], "spec.yaml: --output: output 'file.txt' exists and is not a folder"),
     (["--output", "file.txt/out"], "spec.yaml: --output: output 'file.txt/out' cannot be created: "
                                    "'{tmp}/file.txt' is not a folder"),
-    (["--output", "s3://bucket/out"], "spec.yaml: --output: output 's3://bucket/out': only local or mounted file "
-                                      "systems are supported as outputs"),
+    (["--output", "nosuch://bucket/out"], "spec.yaml: --output: output 'nosuch://bucket/out' cannot be opened: "
+                                          "Protocol not known: nosuch"),
     (["--output", "other"], r"spec.yaml: --output: output 'other' holds a different run \(run_fingerprint "
                             r"0123456789ab\.\.\., this spec [0-9a-f]{{12}}\.\.\.\); pass --overwrite to replace it, "
                             r"or choose another --output"),

@@ -26,6 +26,7 @@ from typing import Any
 
 from featurelib.errors import UserError
 from featurelib.io import files as layout
+from featurelib.io.outfs import LocalOutput, Output
 from featurelib.processes import process_alive
 
 #: Seconds between two heartbeats of a running run.
@@ -42,11 +43,10 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-def read_lock(path: str) -> dict[str, Any] | None:
-    """The lock document at `path`; None if there is none, ``{}`` if it cannot be read."""
+def read_lock(output: Output) -> dict[str, Any] | None:
+    """The lock document of `output`; None if there is none, ``{}`` if it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = json.loads(output.read_bytes(layout.LOCK))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -93,40 +93,18 @@ def _describe(document: dict[str, Any], now: float) -> str:
     return ", ".join(parts)
 
 
-def _write_new(path: str, document: dict[str, Any]) -> bool:
-    """Create `path` holding `document`, atomically and only if it does not exist; False if it does."""
-    temp = layout.temp_path(path)
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(document, handle)
-    try:
-        os.link(temp, path)  # fails if `path` exists: no window where it exists half-written
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links: exclusive create
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-    return True
-
-
 @dataclasses.dataclass
 class OutputLock:
     """A held ``OUT/_LOCK``; :meth:`release` removes it (only if it is still ours)."""
 
-    path: str
+    output: Output
     document: dict[str, Any]
     heartbeat_s: float = HEARTBEAT_S
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def _ours(self) -> bool:
-        found = read_lock(self.path)
+        found = read_lock(self.output)
         return bool(found) and found.get("token") == self.document["token"]
 
     def _beat(self) -> None:
@@ -134,11 +112,8 @@ class OutputLock:
             if not self._ours():  # taken over (we were judged dead): never write over the new owner
                 return
             self.document["heartbeat_s"] = _now()
-            temp = layout.temp_path(self.path)
-            with contextlib.suppress(OSError):
-                with open(temp, "w", encoding="utf-8") as handle:
-                    json.dump(self.document, handle)
-                os.replace(temp, self.path)
+            with contextlib.suppress(Exception):  # a missed beat is no failure: the next one may pass
+                self.output.write_bytes(layout.LOCK, json.dumps(self.document).encode())
 
     def start(self) -> OutputLock:
         self._thread = threading.Thread(target=self._beat, name="featurelib-lock-heartbeat", daemon=True)
@@ -151,34 +126,40 @@ class OutputLock:
             self._thread.join()
         if self._ours():
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+                self.output.remove(layout.LOCK)
 
 
 def acquire(root: str, *, log: Callable[[str], None], heartbeat_s: float = HEARTBEAT_S,
-            stale_after_s: float = STALE_AFTER_S) -> OutputLock:
+            stale_after_s: float = STALE_AFTER_S, output: Output | None = None) -> OutputLock:
     """Take ``root/_LOCK`` for this process, or refuse.
+
+    The lock is created only if none is there: a hard link of a finished temporary file on a
+    local file system, a conditional PUT (``If-None-Match``) on an object store.
 
     Parameters
     ----------
     root : str
-        An existing, writable output folder.
+        An existing, writable output folder (or an object-store URI, with `output`).
     log : callable
         Receives the one-line message when a stale lock is taken over.
+    output : LocalOutput or RemoteOutput, optional
+        The output at `root` (default: the local folder `root`).
 
     Raises
     ------
     UserError
         Another live run holds the output.
     """
-    path = os.path.join(root, layout.LOCK)
+    output = output or LocalOutput(root)
+    path = output.path(layout.LOCK)
     host = socket.gethostname()
     for _ in range(3):  # a race with another run taking over the same stale lock: look again
         now = _now()
         document = {"host": host, "pid": os.getpid(), "started_s": now, "started_at": _iso(now),
                     "heartbeat_s": now, "token": uuid.uuid4().hex}
-        if _write_new(path, document):
-            return OutputLock(path, document, heartbeat_s).start()
-        found = read_lock(path)
+        if output.create_exclusive(layout.LOCK, json.dumps(document).encode()):
+            return OutputLock(output, document, heartbeat_s).start()
+        found = read_lock(output)
         if found is None:
             continue  # released meanwhile
         reason = stale_reason(found, now=now, host=host, stale_after_s=stale_after_s)
@@ -189,5 +170,5 @@ def acquire(root: str, *, log: Callable[[str], None], heartbeat_s: float = HEART
         log(f"featurize: taking over the lock of {root!r} from a run that is gone ({_describe(found, now)}; "
             f"{reason})")
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            output.remove(layout.LOCK)
     raise UserError(f"output {root!r}: could not take its lock {path!r} (other runs keep taking it)")

@@ -1,7 +1,8 @@
 """The file operations an output needs, on a local folder or an fsspec object store.
 
-Building block of object-store outputs (issue #12; not yet used by the driver, which still
-refuses non-local outputs). Paths are relative to the output root, ``/`` separators.
+The driver, the shard writers and the commit reach an output only through these objects, so
+an output may be a local folder or an object store alike (docs/CONTRACT.md, "Object stores"). Paths are
+relative to the output root, ``/`` separators.
 
 * :class:`LocalOutput`: plain ``os`` calls; a file is put in place by ``os.replace`` of a
   temporary sibling (atomic on a POSIX file system), an exclusive create by ``os.link``.
@@ -16,13 +17,14 @@ refuses non-local outputs). Paths are relative to the output root, ``/`` separat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from featurelib.io.files import temp_path
+from featurelib.io.files import WORK, temp_path
 
 
 def is_remote(root: str) -> bool:
@@ -56,6 +58,13 @@ class LocalOutput:
         with open(self.path(rel), "rb") as handle:
             return handle.read()
 
+    def open(self, rel: str):
+        """A binary file object to read `rel` (pyarrow and h5py read it; close it)."""
+        return open(self.path(rel), "rb")
+
+    def size(self, rel: str) -> int:
+        return os.path.getsize(self.path(rel))
+
     def makedirs(self, rel: str = "") -> None:
         os.makedirs(self.path(rel), exist_ok=True)
 
@@ -87,6 +96,13 @@ class LocalOutput:
             os.link(staged, self.path(rel))  # never half-written, fails if it exists
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: an exclusive create
+            try:
+                fd = os.open(self.path(rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(staged)
@@ -113,7 +129,6 @@ class RemoteOutput:
         self.fs, base = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
         self.root = root.rstrip("/")
         self.base = base.rstrip("/")
-        self._stage_dir: str | None = None
         self.exclusive = True  # until a put with mode="create" is refused as unsupported
 
     def path(self, rel: str = "") -> str:
@@ -138,14 +153,23 @@ class RemoteOutput:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
+    def open(self, rel: str):
+        """A binary, seekable file object reading `rel` from the store (ranged reads; close it)."""
+        return self.fs.open(self.path(rel), "rb")
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
     def makedirs(self, rel: str = "") -> None:
         """Nothing to do on an object store (prefixes exist through their objects)."""
 
     def staging(self, rel: str) -> str:
-        """A local file to write `rel` into before :meth:`put` uploads it."""
-        if self._stage_dir is None or not os.path.isdir(self._stage_dir):
-            self._stage_dir = tempfile.mkdtemp(prefix="featurelib-stage-")
-        return temp_path(os.path.join(self._stage_dir, rel.replace("/", "__")))
+        """A local file to write `rel` into before :meth:`put` uploads it (a unique name in one folder
+        of this machine's temporary space, shared by every task: :meth:`put` or the writer's abort
+        deletes it)."""
+        folder = os.path.join(tempfile.gettempdir(), "featurelib-stage")
+        os.makedirs(folder, exist_ok=True)
+        return temp_path(os.path.join(folder, rel.replace("/", "__")))
 
     def put(self, staged: str, rel: str) -> None:
         """Upload the finished local file `staged` to `rel` (visible whole or not at all), then delete it."""
@@ -189,13 +213,39 @@ class RemoteOutput:
                 self.fs.rm_file(path)
         self.fs.invalidate_cache(path)
 
-    def close(self) -> None:
-        """Remove the local staging folder."""
-        if self._stage_dir is not None:
-            shutil.rmtree(self._stage_dir, ignore_errors=True)
-            self._stage_dir = None
+
+#: Either kind of output.
+Output = LocalOutput | RemoteOutput
 
 
 def open_output(root: str, storage_options: Mapping[str, Any] | None = None) -> LocalOutput | RemoteOutput:
     """The output at `root`: :class:`LocalOutput` for paths and ``file://``, else :class:`RemoteOutput`."""
     return RemoteOutput(root, storage_options) if is_remote(root) else LocalOutput(root)
+
+
+def output_of(spec) -> LocalOutput | RemoteOutput:
+    """The output of a :class:`featurelib.spec.RunSpec` (its ``output.path`` and ``output.storage_options``)."""
+    return open_output(spec.output.path, spec.output.storage_options)
+
+
+def file_sha256_of(output: LocalOutput | RemoteOutput, rel: str, *, chunk: int = 1 << 20) -> str:
+    """sha256 of the file `rel` of `output`, streamed."""
+    digest = hashlib.sha256()
+    with output.open(rel) as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def work_dir(root: str) -> str:
+    """The engines' scratch folder of the output at `root` (pass results, progress files).
+
+    ``OUT/_work`` for a local output. For an object store, a local folder named after the output:
+    an object store is no place for small files rewritten every few seconds, and every engine this
+    works with reaches the driver's disk (the local pool, Beam's direct runner, Spark's executors
+    report results through the driver; progress files of executors on other machines stay there).
+    """
+    if not is_remote(root):
+        return os.path.join(root[len("file://"):] if root.startswith("file://") else root, WORK)
+    name = hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"featurelib-work-{name}")

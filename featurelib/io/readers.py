@@ -8,6 +8,7 @@ shards with different feature fingerprints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -19,6 +20,7 @@ from featurelib import contract as c
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
 from featurelib.io.hdf5 import check_self_contained
+from featurelib.io.outfs import LocalOutput, Output
 
 
 def load_manifest(root: str) -> dict[str, Any]:
@@ -39,28 +41,46 @@ def load_manifest(root: str) -> dict[str, Any]:
         return json.load(handle)
 
 
-def read_shard_keys(path: str) -> dict[str, list]:
-    """``key``, ``source_key`` and ``aug_index`` of one Parquet or HDF5 shard."""
-    if not os.path.exists(path):
-        raise SchemaError(f"shard file {path!r} is missing")
-    if path.endswith(".parquet"):
-        table = pq.read_table(path, columns=["key", "source_key", "aug_index"])
-        return {name: table.column(name).to_pylist() for name in ("key", "source_key", "aug_index")}
-    import h5py
+def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, list]:
+    """``key``, ``source_key`` and ``aug_index`` of one Parquet or HDF5 shard.
 
-    with h5py.File(path, "r") as shard:
-        check_self_contained(shard, path)
+    Parameters
+    ----------
+    path : str
+        A local path, or with `output` a path relative to that output (an object store too).
+    """
+    if output is None:
+        output = LocalOutput(os.path.dirname(path))
+        path = os.path.basename(path)
+    if not output.exists(path):
+        raise SchemaError(f"shard file {output.path(path)!r} is missing")
+    # Local files by path (native reads); an object store's through a seekable file object.
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(output.open(path)) if output.remote else output.path(path)
+        if path.endswith(".parquet"):
+            table = pq.read_table(source, columns=["key", "source_key", "aug_index"])
+            return {name: table.column(name).to_pylist() for name in ("key", "source_key", "aug_index")}
+        import h5py
+
+        shard = stack.enter_context(h5py.File(source, "r"))
+        check_self_contained(shard, output.path(path))
         keys = list(shard[c.H5_KEYS].asstr()[:])
         aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
     sources = [c.source_of(k, a) for k, a in zip(keys, aug)]
     return {"key": keys, "source_key": sources, "aug_index": aug}
 
 
-def read_rejects(path: str) -> list[dict[str, str]]:
-    """Rows of one reject file."""
-    if not os.path.exists(path):
-        raise SchemaError(f"reject file {path!r} is missing")
-    return pq.read_table(path).to_pylist()
+def read_rejects(path: str, *, output: Output | None = None) -> list[dict[str, str]]:
+    """Rows of one reject file (`path` as in :func:`read_shard_keys`)."""
+    if output is None:
+        output = LocalOutput(os.path.dirname(path))
+        path = os.path.basename(path)
+    if not output.exists(path):
+        raise SchemaError(f"reject file {output.path(path)!r} is missing")
+    if not output.remote:
+        return pq.read_table(output.path(path)).to_pylist()
+    with output.open(path) as handle:
+        return pq.read_table(handle).to_pylist()
 
 
 def _listed(manifest: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -3,8 +3,10 @@
 Rows arrive one source at a time and are flushed every ``batch_rows`` rows, so
 a shard is never held whole in memory; batch boundaries depend only on the row
 count, so the same task always writes the same bytes. Each file is written
-under a temporary name and renamed into place by :meth:`ShardWriter.close`;
-:meth:`ShardWriter.abort` removes the temporaries.
+under a temporary name and put in place by :meth:`ShardWriter.close` (a rename
+in a local output; on an object store, written on the worker's disk and uploaded
+to its final key, which appears whole or not at all); :meth:`ShardWriter.abort`
+removes the temporaries.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelib import contract as c
-from featurelib.io.files import FileInfo, shard_kinds, shard_relpath, temp_path
+from featurelib.io.files import FileInfo, file_sha256, shard_kinds, shard_relpath
+from featurelib.io.outfs import Output
 from featurelib.schema import OutputSchema
 
 #: Rows per Parquet row group / HDF5 append. Small enough to keep memory flat
@@ -169,8 +172,8 @@ class ShardWriter:
 
     Parameters
     ----------
-    root : str
-        Output root (local path).
+    output : LocalOutput or RemoteOutput
+        The output (:func:`featurelib.io.outfs.open_output`).
     shard, n_shards : int
         Which shard; fixes the file names.
     generation : int
@@ -181,14 +184,11 @@ class ShardWriter:
         Stored in every HDF5 shard.
     """
 
-    def __init__(self, root: str, shard: int, n_shards: int, schema: OutputSchema,
+    def __init__(self, output: Output, shard: int, n_shards: int, schema: OutputSchema,
                  formats: tuple[str, ...], label_names: list[str], *, generation: int = 1) -> None:
-        self.root, self.shard, self.n_shards = root, shard, n_shards
+        self.output, self.shard, self.n_shards = output, shard, n_shards
         self.final = {kind: shard_relpath(kind, shard, n_shards, generation) for kind in shard_kinds(formats)}
-        self.temps: dict[str, str] = {}
-        for kind, rel in self.final.items():
-            os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
-            self.temps[kind] = temp_path(os.path.join(root, rel))
+        self.temps = {kind: output.staging(rel) for kind, rel in self.final.items()}
         self.sinks: list[Any] = []
         if "parquet" in formats:
             self.sinks.append(_ParquetSink(self.temps["parquet"], schema))
@@ -233,32 +233,37 @@ class ShardWriter:
             handle.write(stats)
         table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rejects], schema=c.REJECT_SCHEMA)
         pq.write_table(table, self.temps["rejects"], compression=PARQUET_COMPRESSION)
-        if os.path.exists(os.path.join(self.root, self.final["rejects"])):
+        if self.output.exists(self.final["rejects"]):
             # Another attempt of this task (a speculative copy, a retry Spark thought lost) completed
             # first: the first complete shard wins, so the files the driver reports are never
             # replaced behind its back (HDF5 bytes may differ between attempts).
             self.abort()
-            return [FileInfo.of(self.root, rel, kind=kind, shard=self.shard, rows=self._rows_of(kind, rel))
-                    for kind, rel in self.final.items()]
+            return [self._info_of_complete(kind, rel) for kind, rel in self.final.items()]
         infos = []
-        for kind in self.final:  # shard_kinds order: the rejects file is renamed last
-            target = os.path.join(self.root, self.final[kind])
-            os.replace(self.temps[kind], target)
+        for kind in self.final:  # shard_kinds order: the rejects file is put in place last
             rows = len(self.rejects) if kind == "rejects" else 0 if kind == "stats" else self.rows
-            infos.append(FileInfo.of(self.root, self.final[kind], kind=kind, shard=self.shard, rows=rows))
+            staged = self.temps[kind]
+            # Size and hash of the finished bytes, before they move (an upload deletes the local copy).
+            info = FileInfo(self.final[kind], kind, self.shard, rows, os.path.getsize(staged), file_sha256(staged))
+            self.output.put(staged, self.final[kind])
+            infos.append(info)
         return infos
 
-    def _rows_of(self, kind: str, rel: str) -> int:
-        """Rows of a complete file of this shard written by another attempt."""
-        path = os.path.join(self.root, rel)
-        if kind == "stats":
-            return 0
-        if kind == "hdf5":
-            import h5py
+    def _info_of_complete(self, kind: str, rel: str) -> FileInfo:
+        """The manifest entry of a complete file of this shard written by another attempt."""
+        from featurelib.io.outfs import file_sha256_of
 
-            with h5py.File(path, "r") as h5:
-                return int(h5[c.H5_FEATURES].shape[0])
-        return pq.ParquetFile(path).metadata.num_rows
+        rows = 0
+        if kind != "stats":
+            with contextlib.ExitStack() as stack:
+                source = stack.enter_context(self.output.open(rel)) if self.output.remote else self.output.path(rel)
+                if kind == "hdf5":
+                    import h5py
+
+                    rows = int(stack.enter_context(h5py.File(source, "r"))[c.H5_FEATURES].shape[0])
+                else:
+                    rows = pq.ParquetFile(source).metadata.num_rows
+        return FileInfo(rel, kind, self.shard, rows, self.output.size(rel), file_sha256_of(self.output, rel))
 
     def abort(self) -> None:
         """Close what is open and delete every temporary file (nothing partial stays visible)."""
