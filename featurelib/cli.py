@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None,
                      help="images per extractor call (overrides execution.batch_size)")
     run.add_argument("--verbose", action="store_true",
-                     help="keep the engines' own logging (Spark's log4j INFO lines; quiet by default)")
+                     help="keep the engines' own logging (Spark's log4j INFO lines, Beam's workers' INFO lines, "
+                          "TensorFlow's start-up lines; quiet by default)")
     _add_log_format(run)
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="reuse the committed shards of the same run")
