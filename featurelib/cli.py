@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a committed output")
     inspect.add_argument("output")
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
+    inspect.add_argument("--storage-options", metavar="JSON", help="fsspec options of an object-store output, "
+                         "as JSON (e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://...\"}}')")
 
     train = sub.add_parser("train", help="fit a classifier on an output's features (docs/TRAINING.md)",
                            description="Fit on the train split, select on val, report on test; save the model "
@@ -219,14 +221,17 @@ def _inspect(args: argparse.Namespace) -> int:
     from featurelib.io import files as layout
     from featurelib.io.readers import load_manifest
 
-    manifest = load_manifest(args.output)
+    from featurelib.io.outfs import is_remote, open_output
+
+    options = _json_option(args.storage_options, "--storage-options")
+    manifest = load_manifest(args.output, storage_options=options)
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return EXIT_OK
-    print(format_summary(manifest, os.path.abspath(args.output)))
-    failed = os.path.join(args.output, layout.FAILED)
-    if os.path.exists(failed):
-        print(f"note             the last run failed (see {failed}); this manifest is still valid")
+    print(format_summary(manifest, args.output if is_remote(args.output) else os.path.abspath(args.output)))
+    output = open_output(args.output, options)
+    if output.exists(layout.FAILED):
+        print(f"note             the last run failed (see {output.path(layout.FAILED)}); this manifest is still valid")
     print("schema")
     for field in manifest["schema"]:
         print(f"  {field['name']:<16}{field['type']}")
@@ -236,10 +241,46 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _json_option(text: str | None, flag: str) -> dict:
+    """The JSON object given to `flag` (empty when not given).
+
+    Raises
+    ------
+    UserError
+        Not JSON, or not an object.
+    """
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{flag}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _require_local(path: str, command: str) -> None:
+    """Refuse an object-store output for the commands that write beside it or read it by path.
+
+    Raises
+    ------
+    UserError
+    """
+    from featurelib.io.outfs import is_remote
+
+    if is_remote(path):
+        raise UserError(f"featurize {command} works on local or mounted outputs; {path!r} is an object store: "
+                        f"copy it first (e.g. aws s3 sync), or read it in Python with "
+                        f"featurelib.io.open_dataset({path!r}, storage_options=...)")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from featurelib.compare import compare_pair, summary_line
     from featurelib.io.readers import load_manifest
 
+    for path in args.outputs:
+        _require_local(path, "compare")
     if len(args.outputs) < 2:
         raise UserError("compare needs at least two outputs")
     manifests = [load_manifest(path) for path in args.outputs]
@@ -261,6 +302,7 @@ def _train(args: argparse.Namespace) -> int:
     from featurelib.train import trainer_class
     from featurelib.train.base import MODELS, TrainRequest, default_name, format_report
 
+    _require_local(args.output, "train")
     columns = [name.strip() for name in args.features.split(",") if name.strip()]
     if not columns:
         raise UserError("--features: give at least one feature column (e.g. --features hog,lbp)")
@@ -297,6 +339,7 @@ def _predict(args: argparse.Namespace) -> int:
     from featurelib.train import trainer_class
     from featurelib.train.base import read_model_info
 
+    _require_local(args.output, "predict")
     info = read_model_info(args.model)
     path = trainer_class(info["trainer"])().predict(args.model, args.output)
     labels = pq.read_table(path, columns=["label_name"]).column("label_name").to_pylist()
@@ -309,6 +352,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from featurelib.report import write_report
 
+    _require_local(args.output, "report")
     write_report(args.output, args.out, spec_path=args.spec, n_samples=args.samples)
     return EXIT_OK
 

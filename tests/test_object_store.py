@@ -291,7 +291,7 @@ def assert_clean_s3_output(s3, prefix: str) -> list[str]:
     return names
 
 
-def test_a_run_writes_its_output_to_s3_equal_to_a_local_run(s3, corpus, local_rows, tmp_path):
+def test_a_run_writes_its_output_to_s3_equal_to_a_local_run(s3, corpus, local_rows, tmp_path, capsys):
     """Local engine, 2 workers: each shard written on the worker's disk and uploaded whole, the manifest
     PUT last (the commit point); the output reads back through open_dataset with every sha256 checked,
     Parquet and HDF5, equal to the same run into a local folder."""
@@ -315,6 +315,17 @@ def test_a_run_writes_its_output_to_s3_equal_to_a_local_run(s3, corpus, local_ro
     parquet, hdf5 = remote.read(split=None, source="parquet"), remote.read(split=None, source="hdf5")
     assert sorted(parquet.keys) == sorted(local_rows) and list(hdf5.keys) == list(parquet.keys)
     np.testing.assert_array_equal(hdf5.X, parquet.X)
+
+    # featurize inspect reads it with --storage-options; train, which writes beside it, refuses in one line.
+    assert main(["inspect", f"s3://{prefix}", "--storage-options", json.dumps(s3["options"])]) == 0
+    assert main(["train", f"s3://{prefix}", "--features", "color_stats", "--model", "logreg"]) == 2
+    out, err = capsys.readouterr()
+    assert f"output           s3://{prefix}" in out and "written sources  90" in out
+    assert err.strip().splitlines()[-1] == (
+        f"featurize: error: featurize train works on local or mounted outputs; 's3://{prefix}' is an object "
+        f"store: copy it first (e.g. aws s3 sync), or read it in Python with "
+        f"featurelib.io.open_dataset('s3://{prefix}', storage_options=...)")
+    assert SECRET not in out + err
 
     # A rerun of the same spec rewrites the same keys (deterministic names: nothing doubles).
     assert main(["run", "--spec", str(spec), "--workers", "2"]) == 0
@@ -405,3 +416,19 @@ def test_s3_output_mistakes_fail_fast_with_one_line(s3, corpus, tmp_path, capsys
         lines = [line for line in err.strip().splitlines() if line.startswith("featurize: error")]
         assert len(lines) == 1 and start in lines[0], (index, err)
         assert "Traceback" not in err and SECRET not in err
+
+
+def test_a_listing_taken_before_workers_uploaded_never_hides_their_files(s3):
+    """fsspec caches listings per file-system instance (one per process): the driver lists the shards
+    before a resumed run, workers (other processes, here another instance) upload the missing ones,
+    then the commit looks for them. The stale listing broke a resume in a new user's trial."""
+    from featurelib.io.outfs import open_output
+
+    out = open_output(f"s3://{BUCKET}/listing-cache", s3["options"])
+    out.write_bytes("parquet/part-00000-of-00002.parquet", b"first")
+    assert out.listdir("parquet") == ["part-00000-of-00002.parquet"]
+    s3["fs"].pipe(f"{BUCKET}/listing-cache/parquet/part-00001-of-00002.parquet", b"second")  # another process
+    assert out.exists("parquet/part-00001-of-00002.parquet")
+    assert out.size("parquet/part-00001-of-00002.parquet") == 6
+    assert out.read_bytes("parquet/part-00001-of-00002.parquet") == b"second"
+    assert out.listdir("parquet") == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]

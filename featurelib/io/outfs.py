@@ -135,30 +135,41 @@ class RemoteOutput:
         """The file system's path (no protocol) of `rel`."""
         return f"{self.base}/{rel}" if rel else self.base
 
+    def _fresh(self, rel: str) -> str:
+        """The path of `rel`, with fsspec's cached listings of it and its parents dropped first.
+
+        fsspec file systems cache directory listings per instance (one per process and options):
+        a listing taken before the workers uploaded their shards would otherwise answer "missing"
+        for files that are there now.
+        """
+        path = self.path(rel)
+        self.fs.invalidate_cache(path)
+        return path
+
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        return self.fs.exists(self._fresh(rel))
 
     def isdir(self, rel: str = "") -> bool:
-        return self.fs.isdir(self.path(rel))
+        return self.fs.isdir(self._fresh(rel))
 
     def listdir(self, rel: str = "") -> list[str]:
         """Names directly under `rel` (files and prefixes, sorted; none if there are none)."""
         try:
-            entries = self.fs.ls(self.path(rel), detail=False, refresh=True)
+            entries = self.fs.ls(self._fresh(rel), detail=False, refresh=True)
         except FileNotFoundError:
             return []
         prefix = self.path(rel).rstrip("/") + "/"
         return sorted({e[len(prefix):].split("/")[0] for e in entries if e.startswith(prefix)} - {""})
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        return self.fs.cat_file(self._fresh(rel))
 
     def open(self, rel: str):
         """A binary, seekable file object reading `rel` from the store (ranged reads; close it)."""
-        return self.fs.open(self.path(rel), "rb")
+        return self.fs.open(self._fresh(rel), "rb")
 
     def size(self, rel: str) -> int:
-        return int(self.fs.size(self.path(rel)))
+        return int(self.fs.size(self._fresh(rel)))
 
     def makedirs(self, rel: str = "") -> None:
         """Nothing to do on an object store (prefixes exist through their objects)."""

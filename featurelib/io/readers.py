@@ -20,25 +20,31 @@ from featurelib import contract as c
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
 from featurelib.io.hdf5 import check_self_contained
-from featurelib.io.outfs import LocalOutput, Output
+from featurelib.io.outfs import LocalOutput, Output, open_output
 
 
-def load_manifest(root: str) -> dict[str, Any]:
-    """The manifest of a committed output.
+def load_manifest(root: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a committed output (a folder, or an fsspec URI with `storage_options`).
 
     Raises
     ------
     UserError
         If `root` holds no ``_manifest.json`` (not an output, or a run that did
-        not complete: see ``_FAILED.json``).
+        not complete: see ``_FAILED.json``), or an object store cannot be read.
     """
-    path = os.path.join(root, layout.MANIFEST)
-    if not os.path.exists(path):
-        failed = os.path.join(root, layout.FAILED)
-        hint = f"; the last run failed, see {failed}" if os.path.exists(failed) else ""
-        raise UserError(f"{root!r} is not a committed featurelib output (no {layout.MANIFEST}){hint}")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    output = open_output(root, storage_options)
+    try:
+        if not output.exists(layout.MANIFEST):
+            failed = output.path(layout.FAILED)
+            hint = f"; the last run failed, see {failed}" if output.exists(layout.FAILED) else ""
+            raise UserError(f"{root!r} is not a committed featurelib output (no {layout.MANIFEST}){hint}")
+        return json.loads(output.read_bytes(layout.MANIFEST))
+    except UserError:
+        raise
+    except Exception as exc:
+        if not output.remote:
+            raise
+        raise UserError(f"{root!r} cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, list]:
