@@ -196,9 +196,15 @@ def start_cluster(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, workers: 
     """
     if not 1 <= workers <= 254:
         raise ClusterError(f"workers must be in 1..254, got {workers}")
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        raise ClusterError("no Java: Spark needs Java 17 (java on PATH or JAVA_HOME)")
     state_dir = pathlib.Path(state_dir).resolve()
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        from jobs.session import use_bundled_java
+
+        # The spark extra's Java 21 runtime, in a folder of the cluster's state that outlives this
+        # command (the daemons launch executors with it later).
+        if use_bundled_java(persist_in=state_dir / "java") is None:
+            raise ClusterError("no Java: Spark needs Java 17+ (java on PATH or JAVA_HOME), or the spark extra's "
+                               "runtime: pip install 'featurelib[spark]'")
     state_dir.mkdir(parents=True, exist_ok=True)
     previous = _read_state(state_dir)
     if previous and any(_alive(pid) for pid in previous.get("pids", {}).values()):

