@@ -78,10 +78,15 @@ def _remove_temporaries(root: str) -> None:
     its files are staged on the workers' disks and appear whole)."""
     if is_remote(root):
         return
-    for directory, _, names in os.walk(root):
-        for name in names:
-            if layout.TMP_MARK in name:
-                os.remove(os.path.join(directory, name))
+    # Only where the run writes: the root's own files and featurelib's folders (an output also
+    # holds models and predictions, which a run never writes temporaries into).
+    folders = [root] + [os.path.join(root, name) for name in layout.LAYOUT_ENTRIES if name != layout.WORK]
+    for folder in folders:
+        with contextlib.suppress(NotADirectoryError, FileNotFoundError):
+            for name in os.listdir(folder):
+                if layout.TMP_MARK in name:
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.remove(os.path.join(folder, name))
 
 
 def refuse_output(spec: RunSpec, *, overwrite: bool) -> str | None:

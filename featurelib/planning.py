@@ -62,7 +62,7 @@ def input_bytes(records: Sequence[SourceRecord], storage_options: dict[str, Any]
     return total, missing
 
 
-def _rows(spec: RunSpec, record: SourceRecord) -> float:
+def rows_of_source(spec: RunSpec, record: SourceRecord) -> float:
     """Output rows of one listed source: the original and its variants (expected ones when the split
     is decided by content, at read time)."""
     copies = spec.augment.copies
@@ -97,7 +97,7 @@ def sample_records(spec: RunSpec, records: Sequence[SourceRecord], n: int) -> li
     return random.Random(spec.seed).sample(candidates, min(n, len(candidates)))
 
 
-def _fit_in_memory(spec: RunSpec, prepared: Sequence[Any]) -> tuple[RunSpec, dict[str, dict[str, bytes]], list[str]]:
+def fit_in_memory(spec: RunSpec, prepared: Sequence[Any]) -> tuple[RunSpec, dict[str, dict[str, bytes]], list[str]]:
     """Artefacts for the timed extractors: a saved file's bytes, or one fitted in memory on the sampled
     images. A column whose artefact cannot be fitted from so few images is left out of the timing."""
     import cv2
@@ -223,7 +223,7 @@ def measure(spec: RunSpec, records: Sequence[SourceRecord], n: int) -> dict[str,
                 else:
                     prepared.append(outcome)
             prepare_s = time.perf_counter() - started
-            timed, artifacts, dropped = _fit_in_memory(spec, prepared)
+            timed, artifacts, dropped = fit_in_memory(spec, prepared)
             notes += dropped
             images = [v.image for item in prepared for v in item.variants]
             t0 = time.perf_counter()
@@ -271,7 +271,7 @@ def plan_report(spec: RunSpec, *, sample: int = DEFAULT_SAMPLE, workers: int | N
     labels = Counter(r.label_name for r in accepted if r.label_name is not None)
     names = list(tasks[0].label_names) if tasks else []
     splits = Counter(r.split or "by_content" for r in accepted)
-    rows_per_shard = [sum(_rows(spec, r) for r in task.records if r.reject is None) for task in tasks]
+    rows_per_shard = [sum(rows_of_source(spec, r) for r in task.records if r.reject is None) for task in tasks]
     rows = sum(rows_per_shard)
     columns = [{"column": f.column, "extractor": f.name, "dim": dim} for f, dim in spec.feature_dims()]
     dim = sum(c["dim"] for c in columns)

@@ -93,9 +93,9 @@ class SizeEstimate:
 
 def expected_rows(spec: RunSpec, records: Sequence[SourceRecord]) -> float:
     """Rows the listed inputs write if none is rejected later: 1 per source, plus the augmented copies."""
-    from featurelib.planning import _rows  # featurize plan counts rows the same way
+    from featurelib.planning import rows_of_source  # featurize plan counts rows the same way
 
-    return sum(_rows(spec, r) for r in records if r.reject is None)
+    return sum(rows_of_source(spec, r) for r in records if r.reject is None)
 
 
 def _sample_rows(spec: RunSpec, picked: Sequence[SourceRecord]) -> tuple[list[Any], int]:
@@ -104,7 +104,7 @@ def _sample_rows(spec: RunSpec, picked: Sequence[SourceRecord]) -> tuple[list[An
 
     from featurelib.compute import ExtractFailure, FeatureComputer
     from featurelib.io.shards import RejectRow, Row
-    from featurelib.planning import _fit_in_memory, worker_threads
+    from featurelib.planning import fit_in_memory, worker_threads
     from featurelib.shard import ShardState, close_decoder, make_decoder, prepare
 
     decoder = make_decoder(spec)
@@ -120,7 +120,7 @@ def _sample_rows(spec: RunSpec, picked: Sequence[SourceRecord]) -> tuple[list[An
                 else:
                     prepared.append(outcome)
             # A fitted artefact (a BoVW vocabulary) does not exist before the pre-pass: fitted on the sample.
-            fitted, artifacts, _ = _fit_in_memory(spec, prepared)
+            fitted, artifacts, _ = fit_in_memory(spec, prepared)
             computer = FeatureComputer(fitted, artifacts)
             try:
                 images = [v.image for item in prepared for v in item.variants]
