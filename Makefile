@@ -52,6 +52,19 @@ bench-descriptors: install
 bench-engines: install
 	$(BIN)/python benchmarks/bench_engines.py
 
+# issue #13: per spec (cheap, the hand-crafted bundle, VGG16), 1 vs 2 workers with the plain
+# multi-process OpenCV loop, the fixed cost of a 10-image run, and a class of huge images (skew)
+.PHONY: bench-engines-specs bench-engines-scaling bench-engines-fixed bench-skew
+bench-engines-specs: install
+	$(BIN)/python benchmarks/bench_engines.py --spec bundle --scale 3 --repeats 2 --no-probe
+	$(BIN)/python benchmarks/bench_engines.py --spec vgg16 --vgg16-images 64 --repeats 2 --no-probe
+bench-engines-scaling: install
+	$(BIN)/python benchmarks/bench_engines.py --spec cheap --workers 1,2 --plain --scale 4 --repeats 2
+bench-engines-fixed: install
+	$(BIN)/python benchmarks/bench_engines.py --fixed-cost --spec cheap --repeats 3
+bench-skew: install
+	$(BIN)/python benchmarks/bench_skew.py
+
 # large JPEGs decoded at a reduced DCT scale vs full size, and the photos sample end to end (about 6 minutes)
 bench-decode: install
 	$(BIN)/python benchmarks/bench_decode.py --end-to-end
