@@ -51,13 +51,17 @@ class WorkerSettings:
 
 def environment(settings: WorkerSettings) -> dict[str, str]:
     """Environment variables a worker process needs from its start: malloc and thread limits,
-    and the extractor plugin modules the driver uses (a remote worker must register them too)."""
+    the extractor plugin modules the driver uses (a remote worker must register them too), and
+    ``FEATURELIB_VERBOSE`` when the driver has it (``--verbose``: a worker importing TensorFlow
+    then lets its start-up lines through, :mod:`featurelib.deep.quiet`; Spark executors get it too)."""
+    from featurelib.deep.quiet import VERBOSE_ENV
     from featurelib.registry import PLUGINS_ENV
 
     threads = str(settings.threads)
     env = {**MALLOC_ENV, **{name: threads for name in THREAD_VARIABLES}}
-    if os.environ.get(PLUGINS_ENV):
-        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    for name in (PLUGINS_ENV, VERBOSE_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
 
 

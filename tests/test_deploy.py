@@ -144,6 +144,7 @@ def test_the_spark_submit_line_of_the_spark_readme_matches_the_code():
     exactly what featurelib.worker.environment() sets. (The line's settings run on a real cluster in
     tests/test_spark_cluster.py.)"""
     from featurelib import worker
+    from featurelib.deep.quiet import VERBOSE_ENV
     from featurelib.registry import PLUGINS_ENV
     from jobs.session import DEFAULTS
 
@@ -171,7 +172,7 @@ def test_the_spark_submit_line_of_the_spark_readme_matches_the_code():
 
     table = [line for line in SPARK_README.read_text().splitlines() if line.startswith("| `")]
     documented = {name for line in table for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1])}
-    assert documented == set(worker.THREAD_VARIABLES) | set(worker.MALLOC_ENV) | {PLUGINS_ENV}
+    assert documented == set(worker.THREAD_VARIABLES) | set(worker.MALLOC_ENV) | {PLUGINS_ENV, VERBOSE_ENV}
     for name, value in worker.MALLOC_ENV.items():
         assert any(f"`{name}`" in line and f"`{value}`" in line for line in table), name
     for key, value in DEFAULTS.items():

@@ -18,6 +18,7 @@ import numpy as np
 
 from featurelib.deep import weights as weightsfile
 from featurelib.deep.backbones import Backbone
+from featurelib.deep.quiet import quiet_import_tensorflow
 
 #: Environment variable the worker sets to ``execution.threads_per_worker`` (featurelib.worker).
 THREADS_ENV = "TF_NUM_INTRAOP_THREADS"
@@ -29,10 +30,11 @@ def import_keras():
     TensorFlow reads ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` when it
     starts; the same values are set through ``tf.config.threading`` in case it
     started before the worker's setup (where it cannot change any more, nothing is changed).
+    The import itself prints nothing unless ``featurize run --verbose``
+    (:func:`featurelib.deep.quiet.quiet_import_tensorflow`: TensorFlow's C++ start-up lines).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines (oneDNN, CPU features) per worker
+    tf = quiet_import_tensorflow()
     import keras
-    import tensorflow as tf
 
     threads = os.environ.get(THREADS_ENV)
     if threads and threads.isdigit() and int(threads) > 0:

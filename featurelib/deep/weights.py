@@ -80,6 +80,9 @@ def _download(spec: WeightsFile) -> str:
     """Fetch an ImageNet file into Keras' cache: ``keras.utils.get_file`` with Keras' known hash when
     Keras is installed, else the same URL, file name, folder and md5 check with urllib."""
     try:
+        from featurelib.deep.quiet import quiet_import_tensorflow
+
+        quiet_import_tensorflow()  # in the driver: without TensorFlow's start-up lines unless --verbose
         import keras
     except ImportError:
         keras = None
