@@ -322,8 +322,6 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
     spec = RunSpec.from_json(tasks[0].spec_json)
     root, formats = spec.output.path, spec.output.formats
     out = output_of(spec)
-    if out.remote:  # the driver refuses --incremental on an object store before any pass
-        raise ValueError("commit_generation needs a local output")
     generation = tasks[0].generation
     artifacts = _artifact_hashes(tasks)
     by_shard = {r.shard: r for r in results}
@@ -366,16 +364,17 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
         if ref.path not in listed_artifacts or listed_artifacts[ref.path]["sha256"] != ref.sha256:
             raise SchemaError(f"artefact {ref.path} is not the one the output was written with")
         files.append(listed_artifacts[ref.path])
-    # Run-level files: written under temporary names, renamed just before the manifest.
+    # Run-level files: written under temporary names (on the driver's disk for an object store),
+    # put in place just before the manifest.
     staged: list[tuple[str, str]] = []
     try:
         stats = merge_stats_files(out, [e["stats"]["path"] for e in shard_files.values()],
                                   [c.name for c in schema.columns])
-        tmp = layout.temp_path(os.path.join(root, layout.STATS))
+        tmp = out.staging(layout.STATS)
         staged.append((tmp, layout.STATS))
         _dump_json(tmp, stats.extract(schema.feature_fingerprint))
         files.append(_staged_info(tmp, layout.STATS, kind="stats_summary", rows=0))
-        if "hdf5" in formats:
+        if "hdf5" in formats and not out.remote:  # no virtual index on an object store (see commit)
             from featurelib.io.hdf5 import write_virtual_index
 
             tmp = layout.temp_path(os.path.join(root, layout.FEATURES_H5))
@@ -395,7 +394,7 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
                              metrics={**(metrics or {}), "generation": generation, "shards": shard_metrics},
                              generations=generations, created_at=created_at)
         manifest["missing_inputs"] = missing_inputs
-        tmp = layout.temp_path(os.path.join(root, layout.MANIFEST))
+        tmp = out.staging(layout.MANIFEST)
         staged.append((tmp, layout.MANIFEST))
         _dump_json(tmp, manifest)
     except BaseException:
@@ -403,14 +402,12 @@ def commit_generation(tasks: Sequence[ShardTask], results: Sequence[ShardResult]
             with contextlib.suppress(OSError):
                 os.remove(tmp)
         raise
-    for tmp, rel in staged:  # the manifest last: the commit point
-        os.replace(tmp, os.path.join(root, rel))
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(root, layout.FAILED))  # a failed attempt at this generation, now done
+    for tmp, rel in staged:  # the manifest last: the commit point (a rename, or one PUT)
+        out.put(tmp, rel)
+    out.remove(layout.FAILED)  # a failed attempt at this generation, now done
     for entry in dropped.values():  # no longer listed (a crash here: the next incremental run removes them)
         for info in entry.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(root, info["path"]))
+            out.remove(info["path"])
     remove_work(root)
     return manifest
 

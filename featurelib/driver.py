@@ -330,6 +330,7 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
     check_saved_artifacts(spec)
     if incremental:
         return _execute_incremental(spec, engine, prune=prune, log=log, started=started)
+    _check_engine_output(engine, spec)
     tasks = plan(spec, log=log)
     warn_unused_labels(spec, tasks, log)
     check_output(spec, overwrite=overwrite)
@@ -339,6 +340,14 @@ def execute(spec: RunSpec, engine, *, resume: bool = False, overwrite: bool = Fa
         return _execute_locked(spec, tasks, engine, resume=resume, overwrite=overwrite, log=log, started=started)
     finally:
         lock.release()
+
+
+def _check_engine_output(engine, spec: RunSpec) -> None:
+    """The engine's own refusal of this output (:meth:`featurelib.engines.base.Engine.check_output`);
+    engines that do not derive from Engine have none."""
+    check = getattr(engine, "check_output", None)
+    if check is not None:
+        check(remote=is_remote(spec.output.path))
 
 
 def check_modes(*, resume: bool, overwrite: bool, incremental: bool, prune: bool) -> None:
@@ -358,16 +367,14 @@ def _execute_incremental(spec: RunSpec, engine, *, prune: bool, log: Callable[[s
                          started: float) -> RunReport:
     from featurelib import incremental
 
-    if is_remote(spec.output.path):
-        raise UserError(f"output {spec.output.path!r}: --incremental needs a local or mounted output for now "
-                        f"(an object-store output is written whole by each run: run without --incremental)")
+    _check_engine_output(engine, spec)
     incremental.committed_manifest(spec)  # refuse before taking the lock: no output, another spec
     check_output(spec, overwrite=False)
-    lock = acquire_lock(spec.output.path, log=log)
+    lock = acquire_lock(spec.output.path, log=log, output=output_of(spec))
     try:
         previous = incremental.committed_manifest(spec)  # what is committed now that the output is ours
         root = spec.output.path
-        removed = incremental.remove_unlisted(root, previous)
+        removed = incremental.remove_unlisted(output_of(spec), previous)
         remove_work(root)
         _remove_temporaries(root)
         if removed:
@@ -377,7 +384,7 @@ def _execute_incremental(spec: RunSpec, engine, *, prune: bool, log: Callable[[s
         if not generation.new and not generation.redone:
             log(f"featurize: nothing new to add: all {generation.listed} listed inputs are in the output "
                 f"(generation {generation.generation - 1}); the output is unchanged")
-            incremental.forget_failed_attempt(root)
+            incremental.forget_failed_attempt(output_of(spec))
             return RunReport(previous, time.time() - started)
         again = (f" (and {generation.again} inputs of the {len(generation.redone)} shard(s) --prune redoes)"
                  if generation.redone else "")

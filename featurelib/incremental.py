@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 from featurelib import registry
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
+from featurelib.io.outfs import Output, file_sha256_of, output_of
 from featurelib.plan import ArtifactRef, ShardTask, group, list_sources
 from featurelib.sources import shard_of
 from featurelib.spec import RunSpec
@@ -57,15 +57,15 @@ def committed_manifest(spec: RunSpec) -> dict[str, Any]:
     if "parquet" not in spec.output.formats and spec.dedup == "content":
         raise UserError("--incremental with dedup: content needs output.formats to include parquet (the sha256 "
                         "column of the written rows); rerun without --incremental")
-    path = os.path.join(root, layout.MANIFEST)
-    if not os.path.isfile(path):
-        failed = os.path.exists(os.path.join(root, layout.FAILED))
+    out = output_of(spec)
+    path = out.path(layout.MANIFEST)
+    if not out.exists(layout.MANIFEST):
+        failed = out.exists(layout.FAILED)
         hint = (" (its first run failed: complete it with --resume, or rerun it)" if failed else "")
         raise UserError(f"--incremental: output {root!r} holds no committed run{hint}; nothing to add to: "
                         f"run once without --incremental")
     try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        manifest = json.loads(out.read_bytes(layout.MANIFEST))
         found = manifest["spec_fingerprints"]["run"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--incremental: cannot read {path!r} ({exc}); rerun without --incremental") from None
@@ -106,7 +106,7 @@ class Existing:
         return first
 
 
-def read_existing(root: str, manifest: dict[str, Any], *, digests: bool) -> Existing:
+def read_existing(out: Output, manifest: dict[str, Any], *, digests: bool) -> Existing:
     """Source keys written and rejected in every generation, and (`digests`) the written sources' sha256."""
     from featurelib.commit import listed_shard_files
     from featurelib.io.readers import read_shard_keys
@@ -116,22 +116,30 @@ def read_existing(root: str, manifest: dict[str, Any], *, digests: bool) -> Exis
     found = Existing({}, {}, {})
     for (shard, _), entry in listed_shard_files(manifest).items():
         written = found.written.setdefault(shard, set())
-        path = os.path.join(root, entry[data_kind]["path"])
+        path = entry[data_kind]["path"]
         if digests:
-            table = pq.read_table(path, columns=["source_key", "aug_index", "sha256"])
+            table = _read_columns(out, path, ["source_key", "aug_index", "sha256"])
             for key, aug, digest in zip(*(table.column(c).to_pylist() for c in ("source_key", "aug_index", "sha256"))):
                 if aug == 0:
                     written.add(key)
                     found.digests.setdefault(shard, []).append((digest, key))
         else:
-            keys = read_shard_keys(path)
+            keys = read_shard_keys(path, output=out)
             written.update(s for s, a in zip(keys["source_key"], keys["aug_index"]) if a == 0)
-        rejects = pq.read_table(os.path.join(root, entry["rejects"]["path"]), columns=["source_key"])
+        rejects = _read_columns(out, entry["rejects"]["path"], ["source_key"])
         found.rejected.setdefault(shard, set()).update(rejects.column("source_key").to_pylist())
     return found
 
 
-def remove_unlisted(root: str, manifest: dict[str, Any]) -> list[str]:
+def _read_columns(out: Output, rel: str, columns: list[str]):
+    """`columns` of the Parquet file `rel` of `out` (by path when local: native reads)."""
+    if not out.remote:
+        return pq.read_table(out.path(rel), columns=columns)
+    with out.open(rel) as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def remove_unlisted(out: Output, manifest: dict[str, Any]) -> list[str]:
     """Delete per-shard files the manifest does not list (a failed generation's leftovers) and temporaries.
 
     Only names featurelib writes are touched (shard file names, temporaries), in its own folders.
@@ -139,15 +147,13 @@ def remove_unlisted(root: str, manifest: dict[str, Any]) -> list[str]:
     listed = {f["path"] for f in manifest["files"]}
     removed = []
     for kind in ("parquet", "hdf5", "rejects", "stats"):
-        folder = os.path.join(root, layout.SHARD_FILES[kind][0])
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            rel = f"{layout.SHARD_FILES[kind][0]}/{name}"
+        folder = layout.SHARD_FILES[kind][0]
+        for name in out.listdir(folder):
+            rel = f"{folder}/{name}"
             if rel in listed:
                 continue
             if layout.shard_generation(name) is not None or layout.TMP_MARK in name:
-                os.remove(os.path.join(folder, name))
+                out.remove(rel)
                 removed.append(rel)
     return removed
 
@@ -180,7 +186,7 @@ def plan_generation(spec: RunSpec, manifest: dict[str, Any], *, prune: bool = Fa
     label_names = list(manifest["label_names"])
     n_shards = int(manifest["n_shards"])
     listing = list_sources(spec, labels=label_names)
-    existing = read_existing(spec.output.path, manifest, digests=spec.dedup == "content")
+    existing = read_existing(output_of(spec), manifest, digests=spec.dedup == "content")
     keys = existing.keys
     listed = {r.source_key for r in listing.records}
     missing = sorted(keys - listed)
@@ -235,9 +241,9 @@ def check_artifacts(spec: RunSpec, manifest: dict[str, Any]) -> None:
     for feature in spec.fitted_features():
         entry = listed.get(feature.column)
         relpath = f"{layout.ARTIFACTS}/{registry.get(feature.name).artifact.filename(feature.column)}"
-        path = os.path.join(spec.output.path, relpath)
-        if entry is None or entry["path"] != relpath or not os.path.isfile(path) \
-                or layout.file_sha256(path) != entry["sha256"]:
+        out = output_of(spec)
+        if entry is None or entry["path"] != relpath or not out.exists(relpath) \
+                or file_sha256_of(out, relpath) != entry["sha256"]:
             raise SchemaError(f"artefact {relpath} of column {feature.column!r} is missing or changed since the "
                               f"output's first run: --incremental never refits; rerun without --incremental")
 
@@ -249,16 +255,14 @@ def check_reused(refs: Sequence[ArtifactRef], manifest: dict[str, Any]) -> None:
             raise SchemaError(f"artefact {ref.path} is not the one the output was written with")
 
 
-def forget_failed_attempt(root: str) -> None:
+def forget_failed_attempt(out: Output) -> None:
     """Remove the ``_FAILED.json`` of a failed incremental attempt whose files are gone (nothing left to redo)."""
-    path = os.path.join(root, layout.FAILED)
     try:
-        with open(path, encoding="utf-8") as handle:
-            incremental = json.load(handle).get("incremental")
+        incremental = json.loads(out.read_bytes(layout.FAILED)).get("incremental")
     except (OSError, ValueError, AttributeError):
         return
     if incremental:
-        os.remove(path)
+        out.remove(layout.FAILED)
 
 
 def report_missing(missing: Sequence[str], log: Callable[[str], None], *, pruned: bool = False) -> None:

@@ -5,7 +5,7 @@ inputs (:data:`SAMPLE`, drawn as ``featurize plan`` draws its sample:
 :func:`featurelib.planning.sample_records`) goes through the run's own
 per-record code (:func:`featurelib.shard.prepare`: read, decode, preprocess,
 augment; then the run's extractors) and its rows are written into in-memory
-Parquet files by the run's own writer (:class:`featurelib.io.shards._ParquetSink`:
+Parquet files by the run's own writer (:class:`featurelib.io.shards.ParquetSink`:
 the run's schema, its metadata and zstd). Three writes of the same rows give a
 size model of one shard file of ``m`` rows::
 
@@ -36,7 +36,6 @@ file names again; ``--incremental`` keeps the first run's count.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Sequence
@@ -152,13 +151,13 @@ def _parquet_bytes(spec: RunSpec, groups: Sequence[Sequence[Any]]) -> int:
     """Bytes of a Parquet shard holding `groups` (one row group each), written as a run writes it."""
     import pyarrow as pa
 
-    from featurelib.io.shards import _ParquetSink
+    from featurelib.io.shards import ParquetSink
     from featurelib.schema import OutputSchema
 
     # Fitted artefacts' hashes are in the schema's metadata: same length, not yet known.
     hashes = {f.column: "0" * 64 for f in spec.fitted_features()}
     sink = pa.BufferOutputStream()
-    writer = _ParquetSink(sink, OutputSchema.from_spec(spec, hashes))
+    writer = ParquetSink(sink, OutputSchema.from_spec(spec, hashes))
     for rows in groups:
         if rows:
             writer.write(list(rows))

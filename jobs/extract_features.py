@@ -102,6 +102,11 @@ class SparkEngine(Engine):
         if not items:
             return []
         context = self._session(getattr(function, "settings", None)).sparkContext
+        if self.__dict__.get("_remote_output") and context.getConf().get("spark.speculation", "false") == "true":
+            # Two attempts of a task would upload the same keys one after the other; the manifest could
+            # then describe one attempt's files and the store hold the other's (HDF5 bytes differ).
+            raise UserError("spark.speculation=true with an object-store output: speculative copies of a task "
+                            "would overwrite each other's uploads; turn speculation off for this run")
         context.setJobDescription(f"featurelib: {len(items)} shard tasks")
         accumulators = {name: context.accumulator(0) for name in COUNTERS}
         try:

@@ -30,12 +30,17 @@ if __package__ in (None, ""):  # run as a file: make the checkout importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import apache_beam as beam  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
+from featurelib.errors import UserError  # noqa: E402
 from featurelib.engines.base import COUNTERS, Engine, task_counts  # noqa: E402
 from featurelib.io.files import temp_path  # noqa: E402
 from pipelines.options import FeaturizeOptions, beam_options  # noqa: E402
 
+
+#: Runners whose workers run on this machine (they reach the driver's local scratch folder).
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "PrismRunner")
 
 #: Namespace of the Beam counters every task increments (one pipeline per pass: names need no pass).
 METRICS_NAMESPACE = "featurelib"
@@ -98,6 +103,23 @@ class BeamEngine(Engine):
     @classmethod
     def from_argv(cls, argv: Sequence[str]) -> BeamEngine:
         return cls(argv)
+
+    def check_output(self, *, remote: bool) -> None:
+        """Refuse an object-store output on a runner whose workers are not on this machine: pass results
+        come back through files in the driver's local scratch folder there (mount the store instead:
+        deploy/beam/README.md).
+
+        Raises
+        ------
+        UserError
+        """
+        super().check_output(remote=remote)
+        runner = self.options.view_as(StandardOptions).runner or ""
+        runner = runner if isinstance(runner, str) else type(runner).__name__
+        if remote and runner not in LOCAL_RUNNERS:
+            raise UserError(f"the Beam runner {runner} with an object-store output: pass results come back through "
+                            f"the driver's disk, which {runner}'s workers cannot reach; write to a mounted output "
+                            f"(gcsfuse, s3fs-fuse, NFS: deploy/beam/README.md), or use the direct runner")
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], *, work_dir: str) -> list[Any]:
         """One pipeline over `items`; results come back through files in `work_dir`."""

@@ -259,12 +259,17 @@ def test_an_exclusive_create_on_s3_has_one_winner_among_racing_writers(s3):
 
 # --- outputs on S3 ----------------------------------------------------------------------------------
 
-STAGE = pathlib.Path(__import__("tempfile").gettempdir()) / "featurelib-stage"
+def staged_files() -> set[str]:
+    """Files in every process's staging folder on this machine (featurelib.io.outfs.stage_dir)."""
+    from featurelib.io.outfs import private_tmp
+
+    return {str(p) for p in (pathlib.Path(private_tmp()) / "stage").rglob("*") if p.is_file()}
 
 
 def s3_rows_by_key(fs, prefix: str, *, drop=("uri",)) -> dict[str, dict]:
     """Rows of every Parquet shard under ``s3://<prefix>/parquet`` by key (like :func:`rows_by_key`)."""
     tables = []
+    fs.invalidate_cache()  # this instance's listings predate the run's uploads and deletions
     for path in sorted(fs.glob(f"{prefix}/parquet/part-*.parquet")):
         with fs.open(path, "rb") as handle:
             tables.append(pq.read_table(handle))
@@ -300,14 +305,14 @@ def test_a_run_writes_its_output_to_s3_equal_to_a_local_run(s3, corpus, local_ro
     from featurelib.io import open_dataset
 
     prefix = f"{BUCKET}/out-local"
-    staged_before = set(os.listdir(STAGE)) if STAGE.exists() else set()
+    staged_before = staged_files()
     spec = s3_output_spec(tmp_path, "out", s3, {"path": str(corpus)}, prefix, formats=["parquet", "hdf5"])
     assert main(["run", "--spec", str(spec), "--workers", "2"]) == 0
     names = assert_clean_s3_output(s3, prefix)
     assert "_manifest.json" in names and "features.h5" not in names  # no virtual index on an object store
     assert sum(n.startswith("hdf5/part-") for n in names) == 3
     assert s3_rows_by_key(s3["fs"], prefix) == local_rows
-    assert (set(os.listdir(STAGE)) if STAGE.exists() else set()) == staged_before  # uploads left nothing behind
+    assert staged_files() == staged_before  # uploads left nothing behind
     remote = open_dataset(f"s3://{prefix}", storage_options=s3["options"], verify="sha256")
     assert remote.manifest["counts"]["written_sources"] == 90
     assert remote.manifest["spec"]["output"]["path"] == f"s3://{prefix}"
@@ -396,16 +401,18 @@ def test_s3_output_on_beam_and_spark_equals_the_local_run(s3, s3_corpus, local_r
 
 
 def test_s3_output_mistakes_fail_fast_with_one_line(s3, corpus, tmp_path, capsys):
-    """A bucket that does not exist, an endpoint that does not answer, --incremental: exit 2, one line,
-    before any image is read."""
+    """A bucket that does not exist, an endpoint that does not answer, --incremental with nothing
+    committed there: exit 2, one line, before any image is read."""
     options = s3["options"]
     cases = [
         ({"path": "s3://no-such-bucket-here/out", "storage_options": options}, [], "output 's3://no-such-bucket-here/out'"),
         ({"path": f"s3://{BUCKET}/unreachable", "storage_options": {
             **options, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}}, [],  # nothing listens there
          f"output 's3://{BUCKET}/unreachable' cannot be read: "),
+        ({"path": f"s3://{BUCKET}/flink", "storage_options": options}, ["--engine", "beam", "--runner", "FlinkRunner"],
+         "the Beam runner FlinkRunner with an object-store output: pass results come back through the driver's disk"),
         ({"path": f"s3://{BUCKET}/incr", "storage_options": options}, ["--incremental"],
-         f"output 's3://{BUCKET}/incr': --incremental needs a local or mounted output"),
+         f"--incremental: output 's3://{BUCKET}/incr' holds no committed run"),
     ]
     for index, (output, flags, start) in enumerate(cases):
         spec = write_spec(tmp_path / f"bad-{index}.yaml", input={"path": str(corpus)}, features=FEATURES,
@@ -432,3 +439,109 @@ def test_a_listing_taken_before_workers_uploaded_never_hides_their_files(s3):
     assert out.size("parquet/part-00001-of-00002.parquet") == 6
     assert out.read_bytes("parquet/part-00001-of-00002.parquet") == b"second"
     assert out.listdir("parquet") == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+
+
+def test_incremental_runs_into_s3_add_new_inputs_as_a_new_generation(s3, corpus, local_rows, tmp_path, capsys):
+    """The nightly job over a growing folder, its output on S3: 60 inputs, then all 90 with --incremental
+    (a g0002 generation of 30 rows beside the first run's files, the manifest listing both), then nothing
+    new, then 10 inputs deleted with --prune (their rows dropped)."""
+    import json as _json
+    import shutil
+
+    prefix = f"{BUCKET}/out-incremental"
+    fs = s3["fs"]
+    growing = tmp_path / "in"
+    keys = sorted(local_rows)
+    keys = [k for i, k in enumerate(keys) if i % 3 != 2] + [k for i, k in enumerate(keys) if i % 3 == 2]
+    for key in keys[:60]:
+        (growing / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / key, growing / key)
+    spec = s3_output_spec(tmp_path, "incr", s3, {"path": str(growing)}, prefix, formats=["parquet", "hdf5"])
+    assert main(["run", "--spec", str(spec), "--workers", "2"]) == 0
+    assert s3_rows_by_key(fs, prefix).keys() == set(keys[:60])
+    for key in keys[60:]:
+        (growing / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / key, growing / key)
+    assert main(["run", "--spec", str(spec), "--incremental", "--workers", "2"]) == 0
+    names = assert_clean_s3_output(s3, prefix)
+    assert any(".g0002." in n for n in names) and "parquet/part-00000-of-00003.parquet" in names
+    assert s3_rows_by_key(fs, prefix) == local_rows
+    manifest = _json.loads(fs.cat_file(f"{prefix}/_manifest.json"))
+    assert [g["generation"] for g in manifest["generations"]] == [1, 2]
+    assert manifest["counts"]["written_sources"] == 90
+    capsys.readouterr()
+    assert main(["run", "--spec", str(spec), "--incremental"]) == 0
+    assert "nothing new to add" in capsys.readouterr().err
+
+    for key in keys[:10]:
+        (growing / key).unlink()
+    assert main(["run", "--spec", str(spec), "--incremental", "--prune", "--workers", "2"]) == 0
+    assert s3_rows_by_key(fs, prefix) == {k: v for k, v in local_rows.items() if k not in keys[:10]}
+    from featurelib.io import open_dataset
+
+    remote = open_dataset(f"s3://{prefix}", storage_options=s3["options"], verify="sha256")
+    assert remote.manifest["counts"]["listed"] == 80
+    assert sorted(remote.read(split=None, source="hdf5").keys) == sorted(keys[10:])
+    assert sorted(remote.read(split=None, source="parquet").keys) == sorted(keys[10:])
+    assert_clean_s3_output(s3, prefix)
+
+
+def test_staging_folders_are_private_and_a_dead_process_s_are_swept(tmp_path, monkeypatch):
+    """Shards on their way to a store wait in $TMPDIR/featurelib-<uid>/stage/<pid> (mode 0700: Beam
+    unpickles pass results from the same private folder); a worker killed mid-upload cannot clean up,
+    so the next process to stage removes the folders of processes that are gone. A featurelib folder
+    another user could write is refused."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from featurelib.io import outfs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(outfs, "_STAGE", {})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    leftover = tmp_path / f"featurelib-{os.getuid()}" / "stage" / dead
+    leftover.mkdir(parents=True, mode=0o700)
+    (leftover / ".parquet__part-00001-of-00004.parquet.tmp-x").write_bytes(b"half")
+    (tmp_path / f"featurelib-{os.getuid()}").chmod(0o700)
+    mine = outfs.stage_dir()
+    assert mine == str(tmp_path / f"featurelib-{os.getuid()}" / "stage" / str(os.getpid()))
+    assert not leftover.exists()
+    assert outfs.work_dir("s3://bucket/out").startswith(str(tmp_path / f"featurelib-{os.getuid()}") + "/work-")
+    (tmp_path / f"featurelib-{os.getuid()}").chmod(0o777)
+    with pytest.raises(PermissionError, match="is not a private folder of this user"):
+        outfs.private_tmp()
+    (tmp_path / f"featurelib-{os.getuid()}").chmod(0o700)
+
+
+def test_the_lock_survives_a_store_that_fails_now_and_then(tmp_path):
+    """An object store's network errors are not OSError (botocore's EndpointConnectionError): a failed
+    heartbeat is skipped, not fatal to the heartbeat thread, and a release that fails never fails the run."""
+    import json as _json
+    import time
+
+    from featurelib.io.lock import acquire
+    from featurelib.io.outfs import LocalOutput
+
+    class Flaky(LocalOutput):
+        failures = 0
+
+        def read_bytes(self, rel):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("Could not connect to the endpoint URL")  # not an OSError
+            return super().read_bytes(rel)
+
+        def remove(self, rel):
+            raise RuntimeError("Could not connect to the endpoint URL")
+
+    out = Flaky(str(tmp_path))
+    lock = acquire(str(tmp_path), log=print, heartbeat_s=0.05, output=out)
+    first = _json.loads((tmp_path / "_LOCK").read_text())["heartbeat_s"]
+    out.failures = 3
+    time.sleep(0.5)
+    assert lock._thread.is_alive()
+    assert _json.loads((tmp_path / "_LOCK").read_text())["heartbeat_s"] > first  # beats again after the errors
+    lock.release()  # the delete fails: no exception, the next run takes the lock over as stale
+    assert not lock._thread.is_alive()

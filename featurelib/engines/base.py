@@ -57,6 +57,16 @@ class Engine(abc.ABC):
             names the pass in :meth:`counters`.
         """
 
+    def check_output(self, *, remote: bool) -> None:
+        """Refuse, before anything is read, an output this engine cannot write correctly; the driver
+        calls it once per run (``remote``: an object store, whose files are uploaded, not renamed).
+
+        Raises
+        ------
+        UserError
+        """
+        self.__dict__["_remote_output"] = remote
+
     def counters(self) -> dict[str, dict[str, int]]:
         """The engine's counters by pass since :meth:`reset_counters`: ``{"main": {"tasks": 3, "rows": 90,
         "rejects": 2}, "dedup": {...}}`` (:data:`COUNTERS` for every pass; an engine may add its own).

@@ -160,6 +160,9 @@ def _fs_of(root: str, storage_options: dict[str, Any] | None):
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    # fsspec shares one instance per process and options, listings cached in it: a run in this
+    # process may have changed the output since (new generations, pruned files).
+    fs.invalidate_cache()
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return fs, path.rstrip("/") or path, bool({"file", "local"} & set(protocols))
 

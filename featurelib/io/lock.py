@@ -109,11 +109,13 @@ class OutputLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if not self._ours():  # taken over (we were judged dead): never write over the new owner
-                return
-            self.document["heartbeat_s"] = _now()
-            with contextlib.suppress(Exception):  # a missed beat is no failure: the next one may pass
+            try:
+                if not self._ours():  # taken over (we were judged dead): never write over the new owner
+                    return
+                self.document["heartbeat_s"] = _now()
                 self.output.write_bytes(layout.LOCK, json.dumps(self.document).encode())
+            except Exception:  # an object store's network error: a missed beat, the next one may pass
+                continue
 
     def start(self) -> OutputLock:
         self._thread = threading.Thread(target=self._beat, name="featurelib-lock-heartbeat", daemon=True)
@@ -124,8 +126,10 @@ class OutputLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self._ours():
-            with contextlib.suppress(FileNotFoundError):
+        # Never fail the run here (this runs in a finally, after a commit or under another error):
+        # a lock the store could not delete is taken over as stale by the next run.
+        with contextlib.suppress(Exception):
+            if self._ours():
                 self.output.remove(layout.LOCK)
 
 
@@ -158,6 +162,9 @@ def acquire(root: str, *, log: Callable[[str], None], heartbeat_s: float = HEART
         document = {"host": host, "pid": os.getpid(), "started_s": now, "started_at": _iso(now),
                     "heartbeat_s": now, "token": uuid.uuid4().hex}
         if output.create_exclusive(layout.LOCK, json.dumps(document).encode()):
+            if not output.exclusive:
+                log(f"featurize: warning: the store of {root!r} has no conditional create: two runs started at "
+                    f"the same moment could both take its lock")
             return OutputLock(output, document, heartbeat_s).start()
         found = read_lock(output)
         if found is None:

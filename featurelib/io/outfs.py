@@ -16,15 +16,18 @@ relative to the output root, ``/`` separators.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from featurelib.io.files import WORK, temp_path
+from featurelib.processes import process_alive
 
 
 def is_remote(root: str) -> bool:
@@ -158,6 +161,8 @@ class RemoteOutput:
             entries = self.fs.ls(self._fresh(rel), detail=False, refresh=True)
         except FileNotFoundError:
             return []
+        finally:  # leave no listing in the process's shared instance: readers there would trust it
+            self.fs.invalidate_cache(self.path(rel))
         prefix = self.path(rel).rstrip("/") + "/"
         return sorted({e[len(prefix):].split("/")[0] for e in entries if e.startswith(prefix)} - {""})
 
@@ -174,13 +179,14 @@ class RemoteOutput:
     def makedirs(self, rel: str = "") -> None:
         """Nothing to do on an object store (prefixes exist through their objects)."""
 
+    def uri(self, rel: str = "") -> str:
+        """`rel` as a URI with its protocol, for messages."""
+        return f"{self.root}/{rel}" if rel else self.root
+
     def staging(self, rel: str) -> str:
-        """A local file to write `rel` into before :meth:`put` uploads it (a unique name in one folder
-        of this machine's temporary space, shared by every task: :meth:`put` or the writer's abort
-        deletes it)."""
-        folder = os.path.join(tempfile.gettempdir(), "featurelib-stage")
-        os.makedirs(folder, exist_ok=True)
-        return temp_path(os.path.join(folder, rel.replace("/", "__")))
+        """A local file to write `rel` into before :meth:`put` uploads it: a unique name in this
+        process's staging folder (:func:`stage_dir`); :meth:`put` or the writer's abort deletes it."""
+        return temp_path(os.path.join(stage_dir(), rel.replace("/", "__")))
 
     def put(self, staged: str, rel: str) -> None:
         """Upload the finished local file `staged` to `rel` (visible whole or not at all), then delete it."""
@@ -207,6 +213,14 @@ class RemoteOutput:
                 return False
             except (TypeError, NotImplementedError, ValueError):
                 self.exclusive = False
+            except OSError:
+                # A conflict the client does not map to FileExistsError (S3's 409 for concurrent
+                # conditional writes, a 412 without its condition named): someone else's create won,
+                # unless nothing is there (then it was another failure: raise it).
+                self.fs.invalidate_cache(path)
+                if self.fs.exists(path):
+                    return False
+                raise
         self.fs.invalidate_cache(path)
         if self.fs.exists(path):
             return False
@@ -259,4 +273,53 @@ def work_dir(root: str) -> str:
     if not is_remote(root):
         return os.path.join(root[len("file://"):] if root.startswith("file://") else root, WORK)
     name = hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"featurelib-work-{name}")
+    return os.path.join(private_tmp(), f"work-{name}")
+
+
+def private_tmp() -> str:
+    """``$TMPDIR/featurelib-<uid>``: this user's folder for featurelib's local scratch, mode 0700.
+
+    Beam's pass results are unpickled from the work folder, and staged shards are uploaded as
+    they are: a folder another user could create or write first would let them plant either.
+
+    Raises
+    ------
+    PermissionError
+        The folder exists but belongs to another user or is open to others.
+    """
+    folder = os.path.join(tempfile.gettempdir(), f"featurelib-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a private folder of this user (owner uid {info.st_uid}, "
+                              f"mode {stat.filemode(info.st_mode)}): remove it, or set TMPDIR elsewhere")
+    return folder
+
+
+_STAGE: dict[int, str] = {}
+
+
+def stage_dir() -> str:
+    """This process's folder for shard files on their way to an object store:
+    ``$TMPDIR/featurelib-<uid>/stage/<pid>``, removed when the process exits.
+
+    A worker killed mid-upload (SIGKILL, a lost executor) cannot clean up: the first call of each
+    process removes the folders of processes that no longer run on this machine.
+    """
+    pid = os.getpid()
+    if pid not in _STAGE:  # per pid: a forked worker gets its own
+        parent = os.path.join(private_tmp(), "stage")
+        os.makedirs(parent, exist_ok=True)
+        for name in os.listdir(parent):
+            if name.isdigit() and int(name) != pid and not process_alive(int(name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        folder = os.path.join(parent, str(pid))
+        os.makedirs(folder, exist_ok=True)
+        atexit.register(_remove_stage, pid, folder)
+        _STAGE[pid] = folder
+    return _STAGE[pid]
+
+
+def _remove_stage(pid: int, folder: str) -> None:
+    if os.getpid() == pid:  # a forked child exiting through atexit leaves its parent's folder alone
+        shutil.rmtree(folder, ignore_errors=True)

@@ -68,7 +68,7 @@ class RejectRow:
     detail: str
 
 
-class _ParquetSink:
+class ParquetSink:
     def __init__(self, path: str, schema: OutputSchema) -> None:
         self.schema = schema
         self.arrow_schema = schema.arrow_schema()
@@ -191,7 +191,7 @@ class ShardWriter:
         self.temps = {kind: output.staging(rel) for kind, rel in self.final.items()}
         self.sinks: list[Any] = []
         if "parquet" in formats:
-            self.sinks.append(_ParquetSink(self.temps["parquet"], schema))
+            self.sinks.append(ParquetSink(self.temps["parquet"], schema))
         if "hdf5" in formats:
             self.sinks.append(_Hdf5Sink(self.temps["hdf5"], schema, label_names))
         self.pending: list[Row] = []
