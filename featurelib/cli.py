@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("output")
     inspect.add_argument("--json", action="store_true", help="print the whole manifest")
     inspect.add_argument("--storage-options", metavar="JSON", help="fsspec options of an object-store output, "
-                         "as JSON (e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://...\"}}')")
+                         "as JSON, or @FILE holding it (keeps credentials out of the process list)")
 
     train = sub.add_parser("train", help="fit a classifier on an output's features (docs/TRAINING.md)",
                            description="Fit on the train split, select on val, report on test; save the model "
@@ -231,7 +231,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(format_summary(manifest, args.output if is_remote(args.output) else os.path.abspath(args.output)))
     output = open_output(args.output, options)
     if output.exists(layout.FAILED):
-        print(f"note             the last run failed (see {output.path(layout.FAILED)}); this manifest is still valid")
+        print(f"note             the last run failed (see {output.uri(layout.FAILED)}); this manifest is still valid")
     print("schema")
     for field in manifest["schema"]:
         print(f"  {field['name']:<16}{field['type']}")
@@ -251,6 +251,12 @@ def _json_option(text: str | None, flag: str) -> dict:
     """
     if text is None:
         return {}
+    if text.startswith("@"):  # @file.json: credentials stay out of `ps` and the shell's history
+        try:
+            with open(text[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise UserError(f"{flag}: cannot read {text[1:]!r}: {exc.strerror or exc}") from None
     try:
         value = json.loads(text)
     except ValueError as exc:

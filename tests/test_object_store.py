@@ -322,7 +322,11 @@ def test_a_run_writes_its_output_to_s3_equal_to_a_local_run(s3, corpus, local_ro
     np.testing.assert_array_equal(hdf5.X, parquet.X)
 
     # featurize inspect reads it with --storage-options; train, which writes beside it, refuses in one line.
+    options_file = tmp_path / "options.json"
+    options_file.write_text(json.dumps(s3["options"]))
     assert main(["inspect", f"s3://{prefix}", "--storage-options", json.dumps(s3["options"])]) == 0
+    capsys.readouterr()
+    assert main(["inspect", f"s3://{prefix}", "--storage-options", f"@{options_file}"]) == 0
     assert main(["train", f"s3://{prefix}", "--features", "color_stats", "--model", "logreg"]) == 2
     out, err = capsys.readouterr()
     assert f"output           s3://{prefix}" in out and "written sources  90" in out

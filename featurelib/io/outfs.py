@@ -47,6 +47,10 @@ class LocalOutput:
     def path(self, rel: str = "") -> str:
         return os.path.join(self.root, rel) if rel else self.root
 
+    def uri(self, rel: str = "") -> str:
+        """`rel` as messages name it (its path)."""
+        return self.path(rel)
+
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
 

@@ -35,7 +35,7 @@ def load_manifest(root: str, *, storage_options: dict[str, Any] | None = None) -
     output = open_output(root, storage_options)
     try:
         if not output.exists(layout.MANIFEST):
-            failed = output.path(layout.FAILED)
+            failed = output.uri(layout.FAILED)
             hint = f"; the last run failed, see {failed}" if output.exists(layout.FAILED) else ""
             raise UserError(f"{root!r} is not a committed featurelib output (no {layout.MANIFEST}){hint}")
         return json.loads(output.read_bytes(layout.MANIFEST))
@@ -59,7 +59,7 @@ def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, lis
         output = LocalOutput(os.path.dirname(path))
         path = os.path.basename(path)
     if not output.exists(path):
-        raise SchemaError(f"shard file {output.path(path)!r} is missing")
+        raise SchemaError(f"shard file {output.uri(path)!r} is missing")
     # Local files by path (native reads); an object store's through a seekable file object.
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(output.open(path)) if output.remote else output.path(path)
@@ -69,7 +69,7 @@ def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, lis
         import h5py
 
         shard = stack.enter_context(h5py.File(source, "r"))
-        check_self_contained(shard, output.path(path))
+        check_self_contained(shard, output.uri(path))
         keys = list(shard[c.H5_KEYS].asstr()[:])
         aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
     sources = [c.source_of(k, a) for k, a in zip(keys, aug)]
@@ -82,7 +82,7 @@ def read_rejects(path: str, *, output: Output | None = None) -> list[dict[str, s
         output = LocalOutput(os.path.dirname(path))
         path = os.path.basename(path)
     if not output.exists(path):
-        raise SchemaError(f"reject file {output.path(path)!r} is missing")
+        raise SchemaError(f"reject file {output.uri(path)!r} is missing")
     if not output.remote:
         return pq.read_table(output.path(path)).to_pylist()
     with output.open(path) as handle:
