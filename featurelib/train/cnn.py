@@ -272,8 +272,10 @@ def _fit(dataset, folder: str, name: str, settings: CnnSettings, verbose: int) -
 
 
 def _load_tensorflow(deterministic: bool) -> None:
+    from featurelib.deep.quiet import quiet_import_tensorflow
+
     try:
-        import tensorflow as tf
+        tf = quiet_import_tensorflow()  # without TensorFlow's start-up lines (--verbose keeps them)
     except ImportError:
         raise UserError("the CNN trainer needs TensorFlow: pip install 'featurelib[deep]'") from None
     if deterministic:
