@@ -25,14 +25,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from featurelib import worker
+from featurelib import logs, worker
 from featurelib.commit import Ledger, commit, commit_generation, failed_generation, remove_work, write_failed
 from featurelib.errors import PolicyError, Terminated, UserError
 from featurelib.exits import received_signal
 from featurelib.io import files as layout
 from featurelib.io import outfs
 from featurelib.io.lock import acquire as acquire_lock
-from featurelib.io.outfs import Output, file_sha256_of, is_remote, output_of
+from featurelib.io.outfs import Output, is_remote, output_of
 from featurelib.passes import apply_dedup, check_saved_artifacts, hash_shard, prepare_artifacts
 from featurelib.plan import ShardTask, plan, resolve_paths
 from featurelib.progress import PassProgress
@@ -56,8 +56,8 @@ def existing_run_fingerprint(out: Output) -> str | None:
     for name in out.listdir("parquet"):
         if name.endswith(".parquet") and not name.startswith("."):
             try:
-                with out.open(f"parquet/{name}") as handle:
-                    meta = pq.read_schema(handle).metadata or {}
+                with out.reading(f"parquet/{name}") as source:
+                    meta = pq.read_schema(source).metadata or {}
             except Exception:  # an unreadable shard: not a run this spec can resume
                 return "unreadable"
             found = meta.get(b"featurelib.spec_run_fingerprint") or meta.get(b"featurelib.run_fingerprint")
@@ -224,27 +224,11 @@ def _refuse_resume_of_generations(out: Output) -> None:
 
 def reused_result(spec: RunSpec, task: ShardTask) -> ShardResult:
     """Rebuild a kept shard's result from its files on disk (resume)."""
-    from featurelib.contract import H5_FEATURES
+    from featurelib.io.readers import shard_file_info
 
     out = output_of(spec)
-    infos = []
-    for kind in layout.shard_kinds(spec.output.formats):
-        rel = layout.shard_relpath(kind, task.shard, task.n_shards)
-        rows = 0
-        with contextlib.ExitStack() as stack:
-            # local files by path (native reads), an object store's through a file object
-            source = stack.enter_context(out.open(rel)) if out.remote else out.path(rel)
-            if kind == "hdf5":
-                import h5py
-
-                from featurelib.io.hdf5 import check_self_contained
-                h5 = stack.enter_context(h5py.File(source, "r"))
-                check_self_contained(h5, rel)
-                rows = int(h5[H5_FEATURES].shape[0])
-            elif kind != "stats":
-                rows = pq.ParquetFile(source).metadata.num_rows
-        info = layout.FileInfo(rel, kind, task.shard, rows, out.size(rel), file_sha256_of(out, rel))
-        infos.append(info.to_json())
+    infos = [shard_file_info(out, layout.shard_relpath(kind, task.shard, task.n_shards), kind=kind,
+                             shard=task.shard).to_json() for kind in layout.shard_kinds(spec.output.formats)]
     return ShardResult(task.shard, tuple(infos), {"reused": True})
 
 
@@ -258,19 +242,14 @@ def log_to_stderr(message: str) -> None:
     """The default log of a run: one line on stderr, as text or, with ``--log-format json``
     (:func:`featurelib.logs.using`), one JSON object (:func:`featurelib.logs.write`). On a
     terminal progress redraws in place, in text only."""
-    from featurelib import logs
-
     logs.write(message)
 
 
 def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[[str], None]):
     """``map_pass(function, tasks, name)``: one pass on `engine`, every worker set up the same way.
 
-    Its results (in task order) carry the engine's counters of this run so far (:class:`_PassResults`),
-    which :func:`_metrics` puts in the manifest.
+    The engine's counters start from zero here: :func:`_metrics` reads them at commit.
     """
-    from featurelib import logs
-
     if hasattr(engine, "reset_counters"):
         engine.reset_counters()  # this run's counts only (an engine object may run several)
 
@@ -279,7 +258,7 @@ def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[
         work_dir = os.path.join(outfs.work_dir(root), name)
         progress_dir = os.path.join(work_dir, "progress")
         total = sum(len(getattr(t, "records", ())) for t in tasks)
-        live = log is log_to_stderr and not logs.is_json() and sys.stderr.isatty()
+        live = log is log_to_stderr and sys.stderr.isatty()  # never in JSON: PassProgress says so
         with PassProgress(progress_dir, total, name, log, live=live):
             results = engine.map(worker.WorkerCall(function, settings, progress_dir), list(tasks), work_dir=work_dir)
         # Every task has succeeded once; a killed duplicate (a speculative copy's loser, a retried
@@ -288,17 +267,9 @@ def _map_pass(engine, settings: worker.WorkerSettings, root: str, log: Callable[
         seconds = time.time() - started
         log(logs.LogLine(f"featurize: pass {name!r}: {len(tasks)} tasks in {seconds:.1f} s", "pass_finished",
                          **{"pass": name, "tasks": len(tasks), "seconds": round(seconds, 3)}))
-        return _PassResults(results, _engine_counters(engine))
+        return results
 
     return map_pass
-
-
-class _PassResults(list):
-    """A pass's results in task order, and ``engine_counters``: the engine's counters by pass, read after it."""
-
-    def __init__(self, results: Sequence[Any], engine_counters: dict[str, dict[str, int]]) -> None:
-        super().__init__(results)
-        self.engine_counters = engine_counters
 
 
 def _engine_counters(engine) -> dict[str, dict[str, int]]:
@@ -409,7 +380,7 @@ def _execute_incremental(spec: RunSpec, engine, *, prune: bool, log: Callable[[s
             pending = sorted(tasks, key=lambda t: (-len(t.records), t.shard))
             fresh = map_pass(process_shard, pending, "main")
             manifest = commit_generation(tasks, sorted(fresh, key=lambda r: r.shard), previous, engine=engine.name,
-                                         metrics=_metrics(started, fresh, []),
+                                         metrics=_metrics(started, fresh, [], engine),
                                          missing_inputs=0 if prune else len(generation.missing),
                                          redone=generation.redone, pruned=len(generation.missing) if prune else 0)
         except (PolicyError, UserError):
@@ -430,16 +401,16 @@ def _start_passes(spec: RunSpec, engine, log: Callable[[str], None]):
     return _map_pass(engine, settings, spec.output.path, log)
 
 
-def _metrics(started: float, fresh: Sequence[ShardResult], reused: Sequence[ShardResult]) -> dict[str, Any]:
-    """The manifest's ``metrics``: timings, and ``engine_counters``, what the engine counted by pass
-    (from the main pass's results, :class:`_PassResults`): for monitoring, never the ledger's counts."""
+def _metrics(started: float, fresh: Sequence[ShardResult], reused: Sequence[ShardResult], engine) -> dict[str, Any]:
+    """The manifest's ``metrics``: timings, and ``engine_counters``, what `engine` counted by pass in
+    this run (:func:`_engine_counters`): for monitoring, never the ledger's counts."""
     elapsed = time.time() - started
     rows = sum(r.metrics.get("written_rows", 0) for r in fresh)
     first = min((r.metrics["started_at"] for r in fresh if "started_at" in r.metrics), default=None)
     return {"wall_s": round(elapsed, 3), "fresh_shards": len(fresh), "reused_shards": len(reused),
             "fresh_rows": rows, "rows_per_s": round(rows / elapsed, 2) if elapsed > 0 else None,
             "first_task_s": round(first - started, 3) if first is not None else None,
-            "engine_counters": getattr(fresh, "engine_counters", {})}
+            "engine_counters": _engine_counters(engine)}
 
 
 def _record_failure(spec: RunSpec, exc: BaseException, artifacts: dict[str, str] | None, *,
@@ -479,7 +450,7 @@ def _execute_locked(spec: RunSpec, tasks: list[ShardTask], engine, *, resume: bo
         fresh = map_pass(process_shard, pending, "main")
         reused = [reused_result(spec, t) for t in tasks if t.shard in keep]
         manifest = commit(tasks, sorted([*fresh, *reused], key=lambda r: r.shard), engine=engine.name,
-                          metrics=_metrics(started, fresh, reused))
+                          metrics=_metrics(started, fresh, reused, engine))
         if fresh:
             log(f"featurize: first shard task started {manifest['metrics']['first_task_s']} s after the run did")
     except (PolicyError, UserError):

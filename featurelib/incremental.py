@@ -132,11 +132,9 @@ def read_existing(out: Output, manifest: dict[str, Any], *, digests: bool) -> Ex
 
 
 def _read_columns(out: Output, rel: str, columns: list[str]):
-    """`columns` of the Parquet file `rel` of `out` (by path when local: native reads)."""
-    if not out.remote:
-        return pq.read_table(out.path(rel), columns=columns)
-    with out.open(rel) as handle:
-        return pq.read_table(handle, columns=columns)
+    """`columns` of the Parquet file `rel` of `out`."""
+    with out.reading(rel) as source:
+        return pq.read_table(source, columns=columns)
 
 
 def remove_unlisted(out: Output, manifest: dict[str, Any]) -> list[str]:

@@ -69,6 +69,11 @@ class LocalOutput:
         """A binary file object to read `rel` (pyarrow and h5py read it; close it)."""
         return open(self.path(rel), "rb")
 
+    @contextlib.contextmanager
+    def reading(self, rel: str):
+        """What pyarrow and h5py should read `rel` from: its path (their native reads)."""
+        yield self.path(rel)
+
     def size(self, rel: str) -> int:
         return os.path.getsize(self.path(rel))
 
@@ -176,6 +181,12 @@ class RemoteOutput:
     def open(self, rel: str):
         """A binary, seekable file object reading `rel` from the store (ranged reads; close it)."""
         return self.fs.open(self._fresh(rel), "rb")
+
+    @contextlib.contextmanager
+    def reading(self, rel: str):
+        """What pyarrow and h5py should read `rel` from: a seekable file object on the store."""
+        with self.open(rel) as handle:
+            yield handle
 
     def size(self, rel: str) -> int:
         return int(self.fs.size(self._fresh(rel)))

@@ -8,7 +8,6 @@ shards with different feature fingerprints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Any
@@ -60,18 +59,16 @@ def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, lis
         path = os.path.basename(path)
     if not output.exists(path):
         raise SchemaError(f"shard file {output.uri(path)!r} is missing")
-    # Local files by path (native reads); an object store's through a seekable file object.
-    with contextlib.ExitStack() as stack:
-        source = stack.enter_context(output.open(path)) if output.remote else output.path(path)
+    with output.reading(path) as source:
         if path.endswith(".parquet"):
             table = pq.read_table(source, columns=["key", "source_key", "aug_index"])
             return {name: table.column(name).to_pylist() for name in ("key", "source_key", "aug_index")}
         import h5py
 
-        shard = stack.enter_context(h5py.File(source, "r"))
-        check_self_contained(shard, output.uri(path))
-        keys = list(shard[c.H5_KEYS].asstr()[:])
-        aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
+        with h5py.File(source, "r") as shard:
+            check_self_contained(shard, output.uri(path))
+            keys = list(shard[c.H5_KEYS].asstr()[:])
+            aug = [int(a) for a in shard[c.H5_AUG_INDEX][:]]
     sources = [c.source_of(k, a) for k, a in zip(keys, aug)]
     return {"key": keys, "source_key": sources, "aug_index": aug}
 
@@ -83,10 +80,33 @@ def read_rejects(path: str, *, output: Output | None = None) -> list[dict[str, s
         path = os.path.basename(path)
     if not output.exists(path):
         raise SchemaError(f"reject file {output.uri(path)!r} is missing")
-    if not output.remote:
-        return pq.read_table(output.path(path)).to_pylist()
-    with output.open(path) as handle:
-        return pq.read_table(handle).to_pylist()
+    with output.reading(path) as source:
+        return pq.read_table(source).to_pylist()
+
+
+def shard_file_info(output: Output, rel: str, *, kind: str, shard: int) -> layout.FileInfo:
+    """The manifest entry of a complete per-shard file already in `output` (a resumed run's kept
+    shard, another attempt's winning copy): its rows read from the file, its size and sha256.
+
+    Raises
+    ------
+    SchemaError
+        An HDF5 shard that reads other files (:func:`featurelib.io.hdf5.check_self_contained`).
+    """
+    from featurelib.io.outfs import file_sha256_of
+
+    rows = 0
+    if kind != "stats":
+        with output.reading(rel) as source:
+            if kind == "hdf5":
+                import h5py
+
+                with h5py.File(source, "r") as h5:
+                    check_self_contained(h5, rel)
+                    rows = int(h5[c.H5_FEATURES].shape[0])
+            else:
+                rows = pq.ParquetFile(source).metadata.num_rows
+    return layout.FileInfo(rel, kind, shard, rows, output.size(rel), file_sha256_of(output, rel))
 
 
 def _listed(manifest: dict[str, Any], kind: str) -> list[dict[str, Any]]:

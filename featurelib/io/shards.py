@@ -238,7 +238,9 @@ class ShardWriter:
             # first: the first complete shard wins, so the files the driver reports are never
             # replaced behind its back (HDF5 bytes may differ between attempts).
             self.abort()
-            return [self._info_of_complete(kind, rel) for kind, rel in self.final.items()]
+            from featurelib.io.readers import shard_file_info
+
+            return [shard_file_info(self.output, rel, kind=kind, shard=self.shard) for kind, rel in self.final.items()]
         infos = []
         for kind in self.final:  # shard_kinds order: the rejects file is put in place last
             rows = len(self.rejects) if kind == "rejects" else 0 if kind == "stats" else self.rows
@@ -248,22 +250,6 @@ class ShardWriter:
             self.output.put(staged, self.final[kind])
             infos.append(info)
         return infos
-
-    def _info_of_complete(self, kind: str, rel: str) -> FileInfo:
-        """The manifest entry of a complete file of this shard written by another attempt."""
-        from featurelib.io.outfs import file_sha256_of
-
-        rows = 0
-        if kind != "stats":
-            with contextlib.ExitStack() as stack:
-                source = stack.enter_context(self.output.open(rel)) if self.output.remote else self.output.path(rel)
-                if kind == "hdf5":
-                    import h5py
-
-                    rows = int(stack.enter_context(h5py.File(source, "r"))[c.H5_FEATURES].shape[0])
-                else:
-                    rows = pq.ParquetFile(source).metadata.num_rows
-        return FileInfo(rel, kind, self.shard, rows, self.output.size(rel), file_sha256_of(self.output, rel))
 
     def abort(self) -> None:
         """Close what is open and delete every temporary file (nothing partial stays visible)."""
