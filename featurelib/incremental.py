@@ -31,8 +31,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from featurelib import registry
 from featurelib.errors import SchemaError, UserError
 from featurelib.io import files as layout
@@ -133,8 +131,10 @@ def read_existing(out: Output, manifest: dict[str, Any], *, digests: bool) -> Ex
 
 def _read_columns(out: Output, rel: str, columns: list[str]):
     """`columns` of the Parquet file `rel` of `out`."""
+    from featurelib.io.readers import read_parquet_table
+
     with out.reading(rel) as source:
-        return pq.read_table(source, columns=columns)
+        return read_parquet_table(source, columns=columns)
 
 
 def remove_unlisted(out: Output, manifest: dict[str, Any]) -> list[str]:

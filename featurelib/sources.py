@@ -291,12 +291,13 @@ def _read_manifest_table(path: str, storage_options: Mapping[str, Any]) -> dict[
     """The manifest's columns (``uri`` and those of ``label``, ``split``, ``id`` it has), as lists."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+
+    from featurelib.io.readers import read_parquet_table
 
     buffer = _manifest_bytes(path, storage_options)
     try:
         if path.lower().endswith(".parquet"):
-            table = pq.read_table(pa.BufferReader(buffer))
+            table = read_parquet_table(pa.BufferReader(buffer))
         else:
             # Every column as a string: ids such as "007" must keep their zeros.
             table = pacsv.read_csv(pa.BufferReader(buffer), convert_options=pacsv.ConvertOptions(

@@ -46,6 +46,22 @@ def load_manifest(root: str, *, storage_options: dict[str, Any] | None = None) -
         raise UserError(f"{root!r} cannot be read: {type(exc).__name__}: {exc}") from None
 
 
+def read_parquet_table(source, columns: list[str] | None = None):
+    """`columns` (default all) of one Parquet file, as a ``pyarrow.Table`` with the file's schema metadata.
+
+    ``pq.ParquetFile`` rather than ``pq.read_table``: the latter goes through ``pyarrow.dataset``,
+    whose import also imports pandas (about 0.45 s of CPU in a fresh process, measured on the
+    driver's commit of a 10-image run: a quarter of the local engine's fixed cost).
+
+    Parameters
+    ----------
+    source : str or file-like
+        A path or an open binary file (a store's file object, a ``pyarrow.BufferReader``).
+    """
+    with pq.ParquetFile(source) as parquet:
+        return parquet.read(columns=columns)
+
+
 def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, list]:
     """``key``, ``source_key`` and ``aug_index`` of one Parquet or HDF5 shard.
 
@@ -61,7 +77,7 @@ def read_shard_keys(path: str, *, output: Output | None = None) -> dict[str, lis
         raise SchemaError(f"shard file {output.uri(path)!r} is missing")
     with output.reading(path) as source:
         if path.endswith(".parquet"):
-            table = pq.read_table(source, columns=["key", "source_key", "aug_index"])
+            table = read_parquet_table(source, columns=["key", "source_key", "aug_index"])
             return {name: table.column(name).to_pylist() for name in ("key", "source_key", "aug_index")}
         import h5py
 
@@ -81,7 +97,7 @@ def read_rejects(path: str, *, output: Output | None = None) -> list[dict[str, s
     if not output.exists(path):
         raise SchemaError(f"reject file {output.uri(path)!r} is missing")
     with output.reading(path) as source:
-        return pq.read_table(source).to_pylist()
+        return read_parquet_table(source).to_pylist()
 
 
 def shard_file_info(output: Output, rel: str, *, kind: str, shard: int) -> layout.FileInfo:
@@ -128,7 +144,7 @@ def read_parquet(root: str, *, columns: list[str] | None = None) -> dict[str, An
     names = columns or [c["name"] for c in manifest["columns"]]
     tables = []
     for info in _listed(manifest, "parquet"):
-        table = pq.read_table(os.path.join(root, info["path"]))
+        table = read_parquet_table(os.path.join(root, info["path"]))
         fingerprint = table.schema.metadata[b"featurelib.feature_fingerprint"].decode()
         if fingerprint != manifest["feature_fingerprint"]:
             raise SchemaError(f"{info['path']} has feature_fingerprint {fingerprint}, the manifest "
