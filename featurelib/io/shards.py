@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurelib import contract as c
+from featurelib.io.arrow_columns import column_array, fixed_size_list_array, record_batch
 from featurelib.io.files import FileInfo, file_sha256, shard_kinds, shard_relpath
 from featurelib.io.outfs import Output
 from featurelib.schema import OutputSchema
@@ -77,14 +78,13 @@ class ParquetSink:
     def write(self, rows: list[Row]) -> None:
         arrays = []
         for name, field in zip(c.IDENTITY_COLUMNS, self.arrow_schema):
-            arrays.append(pa.array([getattr(r, name) for r in rows], type=field.type))
+            arrays.append(column_array([getattr(r, name) for r in rows], field.type))
         for index, column in enumerate(self.schema.columns):
             flat = np.concatenate([r.features[index] for r in rows]).astype(np.float32, copy=False)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), column.dim))
+            arrays.append(fixed_size_list_array(flat, pa.float32(), column.dim))
         if self.schema.pixels:
             flat = np.concatenate([r.pixels.reshape(-1) for r in rows])
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.uint8()),
-                                                            self.schema.pixel_count))
+            arrays.append(fixed_size_list_array(flat, pa.uint8(), self.schema.pixel_count))
         self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema))
 
     def close(self) -> None:
@@ -231,8 +231,9 @@ class ShardWriter:
             sink.close()
         with open(self.temps["stats"], "w", encoding="utf-8") as handle:
             handle.write(stats)
-        table = pa.Table.from_pylist([dataclasses.asdict(r) for r in self.rejects], schema=c.REJECT_SCHEMA)
-        pq.write_table(table, self.temps["rejects"], compression=PARQUET_COMPRESSION)
+        rejects = record_batch({f.name: [getattr(r, f.name) for r in self.rejects] for f in c.REJECT_SCHEMA},
+                               c.REJECT_SCHEMA)
+        pq.write_table(pa.Table.from_batches([rejects]), self.temps["rejects"], compression=PARQUET_COMPRESSION)
         if self.output.exists(self.final["rejects"]):
             # Another attempt of this task (a speculative copy, a retry Spark thought lost) completed
             # first: the first complete shard wins, so the files the driver reports are never
