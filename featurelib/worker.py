@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -232,14 +233,28 @@ def cached(key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
     teardown()
     state = build()
     _STATE[key] = state
+    # Everything alive now (modules, TensorFlow, the state) lives as long as the process: take it out
+    # of the cyclic collector's reach. PySpark's reused workers run a full gc.collect() after every
+    # task, which with TensorFlow and VGG16 loaded scans ~400,000 objects: 0.21-0.25 s idle per task
+    # (measured; 0.0 s frozen). teardown() unfreezes, so a replaced state's cycles are still collected.
+    gc.freeze()
     return state, True
 
 
 def teardown() -> None:
-    """Release the cached state: ``close()`` whatever holds resources."""
-    for state in _STATE.values():
+    """Release the cached state: ``close()`` whatever holds resources, then collect its cycles."""
+    if not _STATE:
+        return
+    _close_all(list(_STATE.values()))
+    _STATE.clear()
+    gc.unfreeze()
+    gc.collect()  # a model's weights live in cycles: free them before the next state is built
+
+
+def _close_all(states: list[Any]) -> None:
+    # A function of its own: no variable of teardown() may still hold a state when it collects.
+    for state in states:
         close = getattr(state, "close", None)
         if close is not None:
             with contextlib.suppress(Exception):  # releasing must not mask the reason we are here
                 close()
-    _STATE.clear()
