@@ -104,7 +104,10 @@ def test_a_standalone_cluster_starts_on_the_bundled_runtime_with_no_java(tmp_pat
     with it after the starting command has exited)."""
     from deploy.spark_standalone import standalone_cluster
 
-    monkeypatch.delenv("JAVA_HOME", raising=False)
+    # setenv first: monkeypatch then restores JAVA_HOME's absence too, which the cluster's start sets
+    # (a delenv of an absent variable records nothing, and the bundled JAVA_HOME outlived this test).
+    monkeypatch.setenv("JAVA_HOME", "")
+    monkeypatch.delenv("JAVA_HOME")
     monkeypatch.setenv("PATH", path_without_java(tmp_path / "bin"))
     assert shutil.which("java") is None
     state = tmp_path / "cluster"

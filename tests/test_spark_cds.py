@@ -58,6 +58,8 @@ def test_first_session_writes_the_archive_later_ones_map_it_a_damaged_one_is_rep
 
 
 def test_no_archive_where_it_cannot_be_kept_or_is_being_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", "")
+    monkeypatch.delenv("JAVA_HOME")  # the system's java (Java 17, with its base archive)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv(session.CDS_ENV, "off")
     assert session.class_data_archive() is None
