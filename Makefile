@@ -54,7 +54,7 @@ bench-engines: install
 
 # issue #13: per spec (cheap, the hand-crafted bundle, VGG16), 1 vs 2 workers with the plain
 # multi-process OpenCV loop, the fixed cost of a 10-image run, and a class of huge images (skew)
-.PHONY: bench-engines-specs bench-engines-scaling bench-engines-fixed bench-skew bench-local-plain
+.PHONY: bench-engines-specs bench-engines-scaling bench-engines-fixed bench-skew bench-paired
 bench-engines-specs: install
 	$(BIN)/python benchmarks/bench_engines.py --spec bundle --scale 3 --repeats 2 --no-probe
 	$(BIN)/python benchmarks/bench_engines.py --spec vgg16 --vgg16-images 64 --repeats 2 --no-probe
@@ -64,8 +64,8 @@ bench-engines-fixed: install
 	$(BIN)/python benchmarks/bench_engines.py --fixed-cost --spec cheap --repeats 3
 bench-skew: install
 	$(BIN)/python benchmarks/bench_skew.py
-bench-local-plain: install
-	$(BIN)/python benchmarks/bench_local_plain.py
+bench-paired: install
+	$(BIN)/python benchmarks/bench_paired.py
 
 # large JPEGs decoded at a reduced DCT scale vs full size, and the photos sample end to end (about 6 minutes)
 bench-decode: install
