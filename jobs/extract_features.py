@@ -33,6 +33,7 @@ import pyspark  # noqa: E402,F401  (the engine needs the spark extra: a missing 
 
 from featurelib.engines.base import COUNTERS, Engine, task_counts  # noqa: E402
 from featurelib.errors import UserError  # noqa: E402
+from jobs.session import note_job_done  # noqa: E402
 
 
 def _conf_pairs(values: Sequence[str]) -> dict[str, str]:
@@ -111,6 +112,7 @@ class SparkEngine(Engine):
         accumulators = {name: context.accumulator(0) for name in COUNTERS}
         try:
             results = context.parallelize(list(items), len(items)).map(CountedCall(function, accumulators)).collect()
+            note_job_done()  # a session that did real work: its JVM's class-data archive is worth keeping
             # Read once the job is done; may over-count re-executed tasks (see the module's docstring).
             self.add_counters(work_dir, {name: acc.value for name, acc in accumulators.items()})
             return results

@@ -203,11 +203,24 @@ def _jvm_identity() -> str | None:
     return "\n".join([pyspark.__version__, *parts])
 
 
+#: Whether a job of this process's session finished: only then is its JVM's archive worth waiting for.
+_JOB_DONE = False
+
+
+def note_job_done() -> None:
+    """Say that a job of this process's session finished (featurelib's Spark engine does after each pass).
+
+    A process whose session never ran a job to its end (interrupted, failed at the first pass) exits
+    without waiting for its JVM to write the class-data archive: the JVM is killed instead."""
+    global _JOB_DONE
+    _JOB_DONE = True
+
+
 def _keep_archive(pid: int, jvm, temporary: pathlib.Path, path: pathlib.Path) -> None:
     if os.getpid() != pid:  # a forked child exiting through atexit
         return
     try:
-        if path.exists():  # another process saved it meanwhile: do not wait for a second copy
+        if path.exists() or not _JOB_DONE:  # saved by another process meanwhile, or an interrupted run
             jvm.kill()
             jvm.wait(timeout=CDS_DUMP_WAIT_S)
             temporary.unlink(missing_ok=True)
