@@ -11,6 +11,9 @@ Same corpus, same spec, same two cores, one run, per engine and worker count W:
     local  LocalEngine(W)                              (the baseline of the engine ratios)
     beam   FnApiRunner, --direct_num_workers=W --direct_running_mode=multi_processing
     spark  SparkEngine(master="local[W]", conf={"spark.ui.enabled": "false"})
+    standalone  (only when --engines names it) SparkEngine on a standalone cluster of W single-core
+           workers (deploy/spark_standalone.py: master and workers on 127.0.0.1, 127.0.0.2, ...),
+           started in the configuration's process and stopped with it
     plain  (--plain) a multiprocessing Pool(W) running a plain OpenCV loop: the same decode, resize and
            histograms written directly, with the same glibc malloc thresholds (mallopt and the
            MALLOC_* environment) and thread limits (one OpenCV / OpenMP thread) featurelib.worker
@@ -87,6 +90,7 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +109,9 @@ from benchmarks.bench_kernel import (  # noqa: E402
 )
 
 ENGINES = ("local", "beam", "spark")
+#: Engines run only when --engines names them: ``standalone`` is Spark on a standalone cluster of W
+#: single-core workers (127.0.0.1, 127.0.0.2, ...: deploy/spark_standalone.py) started in the child.
+OPTIONAL_ENGINES = ("standalone",)
 SPECS = ("photos", "cheap", "bundle", "vgg16")
 TARGET = 0.85
 TARGET_SCALING = 1.8
@@ -148,7 +155,32 @@ def make_engine(name: str, workers: int = 2):
 
         extra = json.loads(os.environ.get(_SPARK_CONF_ENV, "{}"))  # --spark-conf: to try a fix, not the default
         return SparkEngine(master=f"local[{workers}]", conf={"spark.ui.enabled": "false", **extra})
+    if name == "standalone":
+        global _CLUSTER
+        from deploy.spark_standalone import start_cluster
+        from jobs.extract_features import SparkEngine
+
+        _CLUSTER = start_cluster(tempfile.mkdtemp(prefix="featurelib-bench-cluster-"), workers=workers,
+                                 cores_per_worker=1, timeout_s=180)
+        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver, reachable from the workers' executors
+        # Schedule only once every executor is up, so the first tasks spread over the workers.
+        conf = {"spark.ui.enabled": "false", "spark.executor.cores": "1",
+                "spark.scheduler.minRegisteredResourcesRatio": "1.0", "spark.cores.max": str(workers)}
+        return SparkEngine(master=_CLUSTER.master_url, conf=conf)
     raise ValueError(name)
+
+
+#: The standalone cluster a ``standalone`` child started (stopped when the child ends).
+_CLUSTER = None
+
+
+def stop_cluster() -> None:
+    global _CLUSTER
+    if _CLUSTER is not None:
+        from deploy.spark_standalone import stop_cluster as stop
+
+        stop(_CLUSTER)
+        _CLUSTER = None
 
 
 def make_spec(name: str, data: str, output: str, rows_per_shard: int):
@@ -246,6 +278,7 @@ def child(config: str, spec_name: str, rows_per_shard: int, outbase: str, corpor
             print(_RESULT + json.dumps({"label": label, **result}), flush=True)
     finally:
         engine.close()
+        stop_cluster()
     return 0
 
 
@@ -494,9 +527,9 @@ def analyse(runs: dict, configs: list[str], n_warm: int, n_small: int, n_large: 
         e[f"{key}_target"] = target
         e[f"{key}_met"] = e[key] >= target
 
-    for engine in ENGINES:
+    for engine in (*ENGINES, *OPTIONAL_ENGINES):
         paired(config_name(engine, 2), "local-2", TARGET, "ratio_vs_local")
-    for engine in (*ENGINES, "plain"):
+    for engine in (*ENGINES, *OPTIONAL_ENGINES, "plain"):
         paired(config_name(engine, 2), config_name(engine, 1), TARGET_SCALING, "scaling_2_over_1")
     for workers in (1, 2):
         paired(config_name("local", workers), config_name("plain", workers), TARGET_PLAIN, "local_over_plain")
@@ -783,7 +816,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", choices=SPECS, default="photos", help="what every run extracts (default photos)")
     parser.add_argument("--workers", default="2", help="worker counts per engine: 2 (default) or 1,2 (scaling)")
-    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run (default local,beam,spark)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run (default local,beam,spark; also: standalone, Spark on a standalone cluster "
+                             "of W single-core workers started for the run)")
     parser.add_argument("--plain", action="store_true", help="also a plain multiprocessing OpenCV loop (2 workers)")
     parser.add_argument("--fixed-cost", action="store_true", help="the wall time of a short run in a fresh process")
     parser.add_argument("--images", type=int, default=10, help="--fixed-cost: images of the run (default 10)")
@@ -800,7 +834,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.workers = sorted({int(w) for w in args.workers.split(",")})
     args.engines = [e for e in args.engines.split(",") if e]
-    if unknown := set(args.engines) - set(ENGINES):
+    if unknown := set(args.engines) - set(ENGINES) - set(OPTIONAL_ENGINES):
         parser.error(f"unknown engine(s) {sorted(unknown)}")
     if not args.fixed_cost and ("local" not in args.engines or 2 not in args.workers):
         parser.error("the steady-state ratios need the local engine with 2 workers")
