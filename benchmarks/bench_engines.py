@@ -156,31 +156,30 @@ def make_engine(name: str, workers: int = 2):
         extra = json.loads(os.environ.get(_SPARK_CONF_ENV, "{}"))  # --spark-conf: to try a fix, not the default
         return SparkEngine(master=f"local[{workers}]", conf={"spark.ui.enabled": "false", **extra})
     if name == "standalone":
-        global _CLUSTER
-        from deploy.spark_standalone import start_cluster
-        from jobs.extract_features import SparkEngine
-
-        _CLUSTER = start_cluster(tempfile.mkdtemp(prefix="featurelib-bench-cluster-"), workers=workers,
-                                 cores_per_worker=1, timeout_s=180)
-        os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver, reachable from the workers' executors
-        # Schedule only once every executor is up, so the first tasks spread over the workers.
-        conf = {"spark.ui.enabled": "false", "spark.executor.cores": "1",
-                "spark.scheduler.minRegisteredResourcesRatio": "1.0", "spark.cores.max": str(workers)}
-        return SparkEngine(master=_CLUSTER.master_url, conf=conf)
+        return _standalone_engine(workers)
     raise ValueError(name)
 
 
-#: The standalone cluster a ``standalone`` child started (stopped when the child ends).
-_CLUSTER = None
+def _standalone_engine(workers: int):
+    """A SparkEngine on a standalone cluster of `workers` single-core workers it starts; its close()
+    stops the session, then the cluster (whichever mode built it: runs, --fixed-cost, the probe)."""
+    from deploy.spark_standalone import start_cluster, stop_cluster
+    from jobs.extract_features import SparkEngine
 
+    class StandaloneEngine(SparkEngine):
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                stop_cluster(cluster)
 
-def stop_cluster() -> None:
-    global _CLUSTER
-    if _CLUSTER is not None:
-        from deploy.spark_standalone import stop_cluster as stop
-
-        stop(_CLUSTER)
-        _CLUSTER = None
+    cluster = start_cluster(tempfile.mkdtemp(prefix="featurelib-bench-cluster-"), workers=workers,
+                            cores_per_worker=1, timeout_s=180)
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver, reachable from the workers' executors
+    # Schedule only once every executor is up, so the first tasks spread over the workers.
+    conf = {"spark.ui.enabled": "false", "spark.executor.cores": "1",
+            "spark.scheduler.minRegisteredResourcesRatio": "1.0", "spark.cores.max": str(workers)}
+    return StandaloneEngine(master=cluster.master_url, conf=conf)
 
 
 def make_spec(name: str, data: str, output: str, rows_per_shard: int):
@@ -278,7 +277,6 @@ def child(config: str, spec_name: str, rows_per_shard: int, outbase: str, corpor
             print(_RESULT + json.dumps({"label": label, **result}), flush=True)
     finally:
         engine.close()
-        stop_cluster()
     return 0
 
 

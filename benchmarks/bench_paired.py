@@ -56,16 +56,10 @@ def _cpu_s() -> float:
     return snapshot["user_s"] + snapshot["sys_s"]
 
 
-def run_engine(engine, data: str, output: str) -> dict:
-    from featurelib.driver import execute
-
-    spec = engines.make_spec("cheap", data, output, 60)
-    cpu, started = _cpu_s(), time.perf_counter()
-    report = execute(spec, engine, overwrite=True, log=lambda _m: None)
-    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
-    shards = report.manifest["metrics"]["shards"]
-    return {"wall_s": wall, "task_s": sum(s["seconds"] for s in shards), "cpu_s": cpu,
-            "images": report.manifest["counts"]["written_sources"]}
+def run_engine(engine, workers: int, data: str, output: str) -> dict:
+    cpu = _cpu_s()
+    result = engines.one_run(engine, "cheap", workers, data, output, 60)
+    return {**result, "cpu_s": _cpu_s() - cpu}
 
 
 def run_plain(workers: int, data: str, output: str) -> dict:
@@ -89,7 +83,7 @@ def runner(config: str, closers: list):
         return lambda data, output: run_plain(workers, data, output)
     engine = engines.make_engine(name, workers)
     closers.append(engine.close)
-    return lambda data, output: run_engine(engine, data, output)
+    return lambda data, output: run_engine(engine, workers, data, output)
 
 
 TARGETS = {"plain": engines.TARGET_PLAIN, "engine": engines.TARGET, "scaling": engines.TARGET_SCALING}
@@ -119,7 +113,7 @@ def main(argv=None) -> int:
         name, _ = engines.parse_config(config)
         if name not in (*engines.ENGINES, "plain"):
             parser.error(f"unknown engine in {config!r}: one of {', '.join((*engines.ENGINES, 'plain'))}")
-    if all(engines.parse_config(c)[0] == "spark" for c in configs):
+    if all(engines.parse_config(c)[0] in ("spark", "standalone") for c in configs):
         # getOrCreate: the second SparkEngine would get the first one's session (local[2] for both).
         parser.error("one Spark session per process: pair spark with another engine (bench_engines.py "
                      "--engines spark --workers 1,2 measures its scaling)")

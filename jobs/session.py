@@ -181,10 +181,13 @@ def _jvm_identity() -> str | None:
     """What a class-data archive depends on: the JVM library (path, size, mtime) and Spark's jars; None
     where the runtime has no base archive to extend."""
     home = os.environ.get("JAVA_HOME")
-    java = shutil.which("java") if not home else None
-    if not home and java is None:
-        return None
-    root = pathlib.Path(home) if home else pathlib.Path(os.path.realpath(java)).parent.parent
+    if home:
+        root = pathlib.Path(home)
+    else:
+        java = shutil.which("java")
+        if java is None:
+            return None
+        root = pathlib.Path(os.path.realpath(java)).parent.parent  # JAVA_HOME of a linked java too
     server = root / "lib" / "server"
     if not (server / "libjvm.so").exists() or not (server / "classes.jsa").exists():
         # An archive of the application's classes extends the runtime's own (JDK 12+): a runtime
